@@ -1,0 +1,120 @@
+"""/api/v1/auth/*: register, login, MFA, refresh, logout, sessions (protocol.md section 2)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from quart import Blueprint, Response
+
+from vox.api import ctx
+from vox.api.bodies import json_body
+from vox.api.guard import client_info, identity, limit_by_ip
+from vox.errors import NotFound
+
+bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
+
+Username = Annotated[str, msgspec.Meta(min_length=2, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128)]
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+Opaque = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+
+
+class RegisterBody(msgspec.Struct):
+    username: Username
+    password: Password
+    email: Email | None = None
+    invite_code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+
+
+class LoginBody(msgspec.Struct):
+    # Login accepts any username shape up to the limit: an old account must never be locked out
+    # by a later rule change, and the answer for a bad shape is the same 401 as a wrong password.
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class MfaVerifyBody(msgspec.Struct):
+    mfa_token: Opaque
+    code: Code
+
+
+class RefreshBody(msgspec.Struct):
+    refresh_token: Opaque
+
+
+class CodeBody(msgspec.Struct):
+    code: Code
+
+
+@bp.post("/register")
+async def register() -> tuple[dict[str, Any], int]:
+    await limit_by_ip("auth")
+    body = await json_body(RegisterBody)
+    user_id, _ = await ctx().auth.register(body.username, body.password, body.email, body.invite_code)
+    return {"user_id": user_id}, 201
+
+
+@bp.post("/login")
+async def login() -> dict[str, Any]:
+    await limit_by_ip("auth")
+    body = await json_body(LoginBody)
+    return await ctx().auth.login(body.username, body.password, client_info())
+
+
+@bp.post("/mfa/verify")
+async def mfa_verify() -> dict[str, Any]:
+    await limit_by_ip("auth")
+    body = await json_body(MfaVerifyBody)
+    return await ctx().auth.verify_mfa(body.mfa_token, body.code)
+
+
+@bp.post("/refresh")
+async def refresh() -> dict[str, Any]:
+    await limit_by_ip("auth")
+    body = await json_body(RefreshBody)
+    return await ctx().auth.refresh(body.refresh_token)
+
+
+@bp.post("/logout")
+async def logout() -> Response:
+    who = await identity()
+    await ctx().auth.revoke(who, who.session_id)
+    return Response(status=204)
+
+
+@bp.get("/sessions")
+async def sessions() -> list[dict[str, Any]]:
+    who = await identity()
+    return await ctx().auth.sessions(who)
+
+
+@bp.delete("/sessions/<session_id>")
+async def revoke_session(session_id: str) -> Response:
+    who = await identity()
+    if len(session_id) > 64 or not await ctx().auth.revoke(who, session_id):
+        raise NotFound("no such session")
+    return Response(status=204)
+
+
+@bp.post("/mfa/setup")
+async def mfa_setup() -> dict[str, str]:
+    who = await identity()
+    return await ctx().auth.mfa_setup(who)
+
+
+@bp.post("/mfa/enable")
+async def mfa_enable() -> Response:
+    who = await identity()
+    body = await json_body(CodeBody)
+    await ctx().auth.mfa_enable(who, body.code)
+    return Response(status=204)
+
+
+@bp.post("/mfa/disable")
+async def mfa_disable() -> Response:
+    who = await identity()
+    body = await json_body(CodeBody)
+    await ctx().auth.mfa_disable(who, body.code)
+    return Response(status=204)

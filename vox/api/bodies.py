@@ -1,0 +1,60 @@
+"""Request-body parsing: JSON only, size-limited, validated by msgspec into typed structs.
+
+Every failure is a 400 ``validation_error`` naming the field (or 413/415), raised before any
+service runs, so bad input can never cause a partial write.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+import msgspec
+from quart import request
+
+from vox.api import ctx
+from vox.errors import PayloadTooLarge, UnsupportedMediaType, ValidationError
+
+T = TypeVar("T")
+
+_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING = re.compile(r"missing required field `([^`]*)`")
+
+
+def _field_of(message: str) -> tuple[str, str]:
+    missing = _MISSING.search(message)
+    if missing is not None:
+        prefix = _PATH.search(message)
+        parent = f"{prefix.group(1)}." if prefix and prefix.group(1) else ""
+        return parent + missing.group(1), "required"
+    match = _PATH.search(message)
+    if match is None:
+        return "body", message
+    field = match.group(1) or "body"
+    return field.split("[", 1)[0] or "body", message[: match.start()]
+
+
+def decode(raw: bytes, model: type[T]) -> T:
+    try:
+        return msgspec.json.decode(raw, type=model)
+    except msgspec.ValidationError as exc:
+        field, reason = _field_of(str(exc))
+        raise ValidationError(f"invalid field {field!r}: {reason}", {field: reason}) from None
+    except msgspec.DecodeError:
+        raise ValidationError("request body is not valid JSON", {"body": "invalid JSON"}) from None
+
+
+async def json_body(model: type[T]) -> T:
+    limit = ctx().config.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    mimetype = request.mimetype
+    raw = await request.get_data(cache=False)
+    assert isinstance(raw, bytes)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    if mimetype and mimetype != "application/json":
+        raise UnsupportedMediaType("request body must be application/json")
+    if not raw.strip():
+        raw = b"{}"
+    return decode(raw, model)

@@ -1,0 +1,103 @@
+"""``vox serve`` and ``vox config example``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vox import config as config_mod
+from vox import logs
+from vox.errors import ConfigError, VoxError
+
+log = logging.getLogger("vox.cli")
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vox", description="Vox: self-hosted voice and text chat server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", type=Path, help="TOML config file")
+    serve.add_argument("--data-dir", dest="data_dir")
+    serve.add_argument("--host")
+    serve.add_argument("--rest-port", dest="rest_port")
+    serve.add_argument("--gateway-port", dest="gateway_port")
+    serve.add_argument("--media-port", dest="media_port")
+    serve.add_argument("--database-url", dest="database_url")
+    serve.add_argument("--redis-url", dest="redis_url")
+    cfg = sub.add_parser("config", help="configuration helpers")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    cfg_sub.add_parser("example", help="print a commented example vox.toml")
+    return parser
+
+
+async def _serve(config: config_mod.Config) -> None:
+    from vox.nurseries.root import run_daemon
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def on_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for signum in signals:
+                    if stop.is_set():
+                        log.warning("second signal: stopping now")
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("signal received", extra={"fields": {"signal": signal.Signals(signum).name}})
+                    stop.set()
+
+        await nursery.start(on_signals)
+        async with trio.open_nursery() as daemon:
+            addresses = await daemon.start(run_daemon, config, stop)
+            print(addresses.ready_line(), flush=True)
+        # The daemon drained and returned; only the signal watcher is left.
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "config":
+        print(config_mod.example())
+        return 0
+    overrides: dict[str, Any] = {
+        key: getattr(args, key)
+        for key in (
+            "data_dir",
+            "host",
+            "rest_port",
+            "gateway_port",
+            "media_port",
+            "database_url",
+            "redis_url",
+        )
+    }
+    try:
+        config = config_mod.load(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"vox: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(config.log_level, config.log_format)
+    status = 0
+    try:
+        trio.run(_serve, config)
+    except* ConfigError as group:
+        print(f"vox: invalid configuration: {group.exceptions[0]}", file=sys.stderr)
+        status = EXIT_CONFIG
+    except* VoxError as group:
+        log.error("fatal: %s", group.exceptions[0])
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

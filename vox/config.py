@@ -1,0 +1,283 @@
+"""Configuration: defaults < TOML file < ``VOX_*`` environment < command-line flags.
+
+Every key is declared once in ``FIELDS`` with its type, default, check and documentation; the same
+table drives parsing, validation, the environment names and ``vox config example``. A bad value
+fails start-up with ``ConfigError`` naming the key (the CLI turns it into exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vox.errors import ConfigError
+
+ENV_PREFIX = "VOX_"
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("vox-data")
+    host: str = "127.0.0.1"
+    rest_port: int = 8080
+    gateway_port: int = 8081
+    media_port: int = 4443
+    database_url: str = ""  # empty: sqlite under data_dir
+    redis_url: str = ""  # empty: in-process broker
+    db_pool_size: int = 10
+    broker_buffer: int = 1024
+    shutdown_grace_s: float = 10.0
+    log_level: str = "info"
+    log_format: str = "text"
+    public_rest_url: str = ""
+    public_gateway_url: str = ""
+    public_media_url: str = ""
+    heartbeat_interval_ms: int = 30_000
+    max_gateway_connections: int = 10_000
+    max_request_bytes: int = 1_048_576
+    max_upload_bytes: int = 26_214_400
+    registration_policy: str = "open"
+    jwt_algorithm: str = "EdDSA"
+    refresh_ttl_days: int = 30
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19_456
+    argon2_parallelism: int = 1
+    rate_limits: str = ""
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'vox.db').resolve()}"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number between 0 and 65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _at_least(minimum: int) -> Callable[[int], str | None]:
+    def check(value: int) -> str | None:
+        return None if value >= minimum else f"must be at least {minimum}"
+
+    return check
+
+
+def _rate_limits(value: str) -> str | None:
+    from vox.services.ratelimit import parse_limits
+
+    try:
+        parse_limits(value)
+    except ConfigError as exc:
+        return exc.problem
+    return None
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _db_url(value: str) -> str | None:
+    if value == "" or value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        return None
+    return "must start with sqlite:///, postgresql:// or postgres://"
+
+
+def _redis_url(value: str) -> str | None:
+    if value == "" or value.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return "must start with redis://, rediss:// or unix://"
+
+
+def _http_url(value: str) -> str | None:
+    if value == "" or value.startswith(("http://", "https://", "ws://", "wss://", "quic://")):
+        return None
+    return "must be an absolute URL"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: type
+    doc: str
+    check: Callable[[Any], str | None] | None = None
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("data_dir", Path, "Directory for the SQLite database, blobs and generated keys (created 0700)."),
+    Field("host", str, "Address every listener binds to."),
+    Field("rest_port", int, "REST API, /healthz, /metrics and the web client (0 = any free port).", _port),
+    Field("gateway_port", int, "WebSocket gateway, path /gateway (0 = any free port).", _port),
+    Field("media_port", int, "QUIC media datagrams, UDP (0 = any free port).", _port),
+    Field(
+        "database_url",
+        str,
+        'Empty for SQLite under data_dir; "postgresql://user@host/db" to scale out.',
+        _db_url,
+    ),
+    Field(
+        "redis_url", str, 'Empty for the in-process broker; "redis://host:6379/0" to scale out.', _redis_url
+    ),
+    Field("db_pool_size", int, "PostgreSQL connections (and worker threads) per daemon.", _positive),
+    Field(
+        "broker_buffer",
+        int,
+        "Events buffered per gateway subscription before it is cut as lagged.",
+        _positive,
+    ),
+    Field("shutdown_grace_s", float, "Seconds in-flight work gets to finish on SIGINT/SIGTERM.", _positive),
+    Field("log_level", str, "debug, info, warning or error.", _one_of("debug", "info", "warning", "error")),
+    Field("log_format", str, "text (key=value lines) or json (one object a line).", _one_of("text", "json")),
+    Field(
+        "public_rest_url", str, "URL clients use for REST when behind a proxy (empty: derived).", _http_url
+    ),
+    Field("public_gateway_url", str, "Gateway URL handed to clients (empty: derived).", _http_url),
+    Field("public_media_url", str, "QUIC media URL handed to clients (empty: derived).", _http_url),
+    Field("heartbeat_interval_ms", int, "Gateway heartbeat interval sent in hello.", _positive),
+    Field("max_gateway_connections", int, "Gateway connections accepted at once (4012 beyond).", _positive),
+    Field("max_request_bytes", int, "Largest JSON request body accepted.", _positive),
+    Field("max_upload_bytes", int, "Largest file accepted per upload.", _positive),
+    Field(
+        "registration_policy",
+        str,
+        "open, invite_only or closed (admins can change it at run time).",
+        _one_of("open", "invite_only", "closed"),
+    ),
+    Field(
+        "jwt_algorithm", str, "Access token signature: EdDSA (Ed25519) or RS256.", _one_of("EdDSA", "RS256")
+    ),
+    Field("refresh_ttl_days", int, "Days a session (its refresh token) lives without being used.", _positive),
+    Field("argon2_time_cost", int, "Argon2id iterations (at least 2).", _at_least(2)),
+    Field("argon2_memory_kib", int, "Argon2id memory in KiB (at least 19456 = 19 MiB).", _at_least(19_456)),
+    Field("argon2_parallelism", int, "Argon2id lanes (at least 1).", _at_least(1)),
+    Field(
+        "rate_limits",
+        str,
+        'Override rate limits, "CLASS=COUNT/SECONDS,..." (classes: auth, login_failures, mfa, api, '
+        "gateway_identify).",
+        _rate_limits,
+    ),
+)
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
+
+
+def _coerce(field: Field, raw: Any, source: str) -> Any:
+    """Convert a file value or an environment string to the field's type, or raise ConfigError."""
+    kind = field.kind
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                return raw.lower() in {"1", "true", "yes", "on"}
+            raise TypeError
+        if kind is int:
+            if isinstance(raw, bool):
+                raise TypeError
+            if isinstance(raw, int):
+                return raw
+            if isinstance(raw, str):
+                return int(raw.strip())
+            raise TypeError
+        if kind is float:
+            if isinstance(raw, bool):
+                raise TypeError
+            if isinstance(raw, int | float):
+                return float(raw)
+            if isinstance(raw, str):
+                return float(raw.strip())
+            raise TypeError
+        if kind is Path:
+            if isinstance(raw, str | Path) and str(raw):
+                return Path(raw)
+            raise TypeError
+        if kind is str:
+            if isinstance(raw, str):
+                return raw
+            raise TypeError
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise AssertionError(f"unsupported config type {kind}")
+    raise ConfigError(field.name, f"expected {kind.__name__}, got {raw!r} (from {source})")
+
+
+def load(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective configuration; raise ConfigError naming the first bad key."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file {str(path)!r} not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        for key, raw in data.items():
+            field = FIELD_BY_NAME.get(key)
+            if field is None:
+                raise ConfigError(key, f"unknown key in {path}")
+            values[key] = _coerce(field, raw, str(path))
+    environ = os.environ if env is None else env
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        field = FIELD_BY_NAME.get(name)
+        if field is None:
+            continue  # VOX_* variables of other tools (and of tests) are not ours to reject
+        values[name] = _coerce(field, raw, f"environment {key}")
+    for key, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        field = FIELD_BY_NAME.get(key)
+        if field is None:
+            raise ConfigError(key, "unknown setting")
+        values[key] = _coerce(field, raw, "command line")
+    for key, value in values.items():
+        check = FIELD_BY_NAME[key].check
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(key, problem)
+    return Config(**values)
+
+
+def _toml_literal(value: Any) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def example() -> str:
+    """A commented vox.toml listing every key with its default."""
+    defaults = Config()
+    lines = [
+        "# vox.toml: every key is optional; shown with its default.",
+        "# Each key can also be set as an environment variable VOX_<KEY> (e.g. VOX_REST_PORT=9000),",
+        "# which wins over this file; command-line flags win over both.",
+        "",
+    ]
+    for field in FIELDS:
+        lines.append(f"# {field.doc}")
+        lines.append(f"{field.name} = {_toml_literal(getattr(defaults, field.name))}")
+        lines.append("")
+    return "\n".join(lines)

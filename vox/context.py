@@ -1,0 +1,65 @@
+"""The daemon's state, created by the root nursery and passed down (never a module global)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from vox.blobs import BlobStore
+from vox.config import Config
+from vox.datadir import ServerKeys
+from vox.ephemeral import Ephemeral
+from vox.metrics import Metrics
+from vox.pubsub import Broker
+from vox.services.auth import AuthService
+from vox.services.ratelimit import RateLimiter
+from vox.storage import Store
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where the listeners really bound (port 0 resolved) and the URLs clients are told."""
+
+    host: str
+    rest_port: int
+    gateway_port: int
+    media_port: int | None = None
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{_host(self.host)}:{self.rest_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://{_host(self.host)}:{self.gateway_port}/gateway"
+
+    @property
+    def media_url(self) -> str | None:
+        return None if self.media_port is None else f"quic://{_host(self.host)}:{self.media_port}"
+
+    def ready_line(self) -> str:
+        line = f"vox: ready rest={self.rest_url} gateway={self.gateway_url}"
+        if self.media_url is not None:
+            line += f" media={self.media_url}"
+        return line
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass
+class Context:
+    config: Config
+    keys: ServerKeys
+    store: Store
+    broker: Broker
+    blobs: BlobStore
+    ephemeral: Ephemeral
+    limiter: RateLimiter
+    auth: AuthService
+    metrics: Metrics = field(default_factory=Metrics)
+    # Set when shutdown starts: listeners stop accepting, connections are told to go away.
+    draining: trio.Event = field(default_factory=trio.Event)
+    addresses: Addresses | None = None

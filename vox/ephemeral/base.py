@@ -1,0 +1,47 @@
+"""The Ephemeral interface: short-lived shared state (rate-limit buckets, single-use tokens,
+OIDC flow state, presence, call state). In-process on one daemon; Redis when several daemons
+share a deployment, so a limit or a single-use token holds across all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class BucketResult:
+    """The outcome of taking from a token bucket."""
+
+    allowed: bool
+    limit: int  # bucket capacity (burst)
+    remaining: int  # whole tokens left after this take
+    reset_after_s: float  # seconds until the bucket is full again
+    retry_after_s: float  # 0 when allowed; else seconds until `cost` tokens are available
+
+
+class Ephemeral(Protocol):
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def set_if_absent(self, key: str, value: bytes, ttl_s: float) -> bool:
+        """Store only when the key is absent (or expired); True when this call stored it."""
+        ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def getdel(self, key: str) -> bytes | None:
+        """Return and delete atomically: exactly one of several concurrent callers gets the value."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def take(self, key: str, *, rate_per_s: float, burst: int, cost: int = 1) -> BucketResult:
+        """Token bucket: refill at ``rate_per_s`` up to ``burst``; take ``cost`` tokens if available.
+
+        Atomic across daemons on the Redis backend.
+        """
+        ...
+
+    async def ping(self) -> None: ...
+
+    def describe(self) -> str: ...

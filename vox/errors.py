@@ -1,0 +1,139 @@
+"""The one exception tree of Vox.
+
+    VoxError
+    ├── ConfigError            bad configuration; the CLI exits with code 2
+    ├── StorageError           the Store or its Engine failed
+    │   ├── SchemaError        the database schema is newer than this daemon knows, or a migration failed
+    │   └── IntegrityError     a uniqueness / foreign-key constraint was violated
+    ├── BrokerError            the pub/sub backend failed
+    │   └── SubscriberLagged   a subscriber fell behind its bounded buffer and was cut off
+    ├── BlobError              the blob store failed
+    │   └── BlobNotFound
+    └── APIError               a request-level error with an HTTP status and a protocol error code
+        ├── ValidationError    400 validation_error (with per-field reasons)
+        ├── Unauthorized       401
+        ├── Forbidden          403
+        ├── NotFound           404
+        ├── MethodNotAllowed   405
+        ├── Conflict           409
+        ├── PayloadTooLarge    413
+        ├── UnsupportedMediaType 415
+        └── RateLimited        429 (with retry_after_ms)
+
+Services raise these; transports turn APIError into the JSON error shape of the wire contract
+(protocol.md section 1) and anything else into a logged 500 with no internals in the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VoxError(Exception):
+    """Base class of every error Vox raises on purpose."""
+
+
+class ConfigError(VoxError):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config key {key!r}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class StorageError(VoxError):
+    pass
+
+
+class SchemaError(StorageError):
+    pass
+
+
+class IntegrityError(StorageError):
+    pass
+
+
+class BrokerError(VoxError):
+    pass
+
+
+class SubscriberLagged(BrokerError):
+    """The subscriber's bounded buffer overflowed; publishers were not blocked, this subscriber was cut."""
+
+
+class BlobError(VoxError):
+    pass
+
+
+class BlobNotFound(BlobError):
+    pass
+
+
+class APIError(VoxError):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extra: dict[str, Any] = extra
+        # Response headers that belong with this error (e.g. rate-limit state on a 429).
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        error.update(self.extra)
+        return {"error": error}
+
+
+class ValidationError(APIError):
+    status = 400
+    code = "validation_error"
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message, fields=fields or {})
+
+
+class Unauthorized(APIError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(APIError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(APIError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(APIError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(APIError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(APIError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message, retry_after_ms=retry_after_ms)
+        self.retry_after_ms = retry_after_ms

@@ -1,0 +1,90 @@
+"""The supervision tree: one root nursery owns storage, pub/sub, and every listener.
+
+``run_daemon`` is what ``vox serve`` runs and what tests start in-process (port 0) with
+``addresses = await nursery.start(run_daemon, config, stop)``: it reports the real bound
+addresses once every listener accepts, and returns after a graceful drain once ``stop`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from vox import datadir
+from vox.blobs import LocalBlobStore
+from vox.config import Config
+from vox.context import Addresses, Context
+from vox.ephemeral import open_ephemeral
+from vox.pubsub import open_broker
+from vox.services.auth import AuthService
+from vox.services.passwords import HashParams, Passwords
+from vox.services.ratelimit import RateLimiter, parse_limits
+from vox.services.secretbox import SecretBox
+from vox.services.tokens import Tokens
+from vox.storage import Store, open_engine
+from vox.transports.gateway import serve_gateway
+from vox.transports.rest import serve_rest
+
+log = logging.getLogger("vox.root")
+
+
+async def run_daemon(
+    config: Config,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    keys = await trio.to_thread.run_sync(datadir.prepare, config.data_dir, config.jwt_algorithm)
+    async with (
+        open_engine(config.resolved_database_url, pool_size=config.db_pool_size) as engine,
+        open_broker(config.redis_url or None, buffer_size=config.broker_buffer) as broker,
+        open_ephemeral(config.redis_url or None) as ephemeral,
+    ):
+        version = await engine.migrate()
+        store = Store(engine)
+        log.info(
+            "storage ready",
+            extra={"fields": {"backend": store.describe(), "schema_version": version}},
+        )
+        limiter = RateLimiter(ephemeral, parse_limits(config.rate_limits))
+        auth = AuthService(
+            store.accounts,
+            Tokens(keys.jwt_private_key, algorithm=config.jwt_algorithm),
+            Passwords(
+                HashParams(config.argon2_time_cost, config.argon2_memory_kib, config.argon2_parallelism)
+            ),
+            SecretBox(keys.server_secret),
+            ephemeral,
+            broker,
+            limiter,
+            default_policy=config.registration_policy,
+            refresh_ttl_s=config.refresh_ttl_days * 86_400,
+        )
+        ctx = Context(
+            config=config,
+            keys=keys,
+            store=store,
+            broker=broker,
+            blobs=LocalBlobStore(config.data_dir / "blobs"),
+            ephemeral=ephemeral,
+            limiter=limiter,
+            auth=auth,
+        )
+        async with trio.open_nursery() as nursery:
+            rest_port = await nursery.start(serve_rest, ctx)
+            gateway_port = await nursery.start(serve_gateway, ctx)
+            ctx.addresses = Addresses(host=config.host, rest_port=rest_port, gateway_port=gateway_port)
+            log.info(
+                "listening",
+                extra={"fields": {"rest": ctx.addresses.rest_url, "gateway": ctx.addresses.gateway_url}},
+            )
+            task_status.started(ctx.addresses)
+            await stop.wait()
+            log.info("draining", extra={"fields": {"grace_s": config.shutdown_grace_s}})
+            ctx.draining.set()
+            # Each listener drains within the grace; this deadline is the hard stop behind them.
+            nursery.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_s + 1.0
+        if nursery.cancel_scope.cancelled_caught:
+            log.warning("grace period over; remaining work was cancelled")
+    log.info("stopped")

@@ -1,0 +1,26 @@
+"""The Store: the one object services use for persistent state.
+
+It holds an Engine and, as features land, the named queries over it (each one a transaction
+function run through ``engine.read`` or ``engine.write``), so SQL stays out of the services.
+"""
+
+from __future__ import annotations
+
+from vox.storage.accounts import Accounts
+from vox.storage.base import Engine
+
+__all__ = ["Store"]
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.accounts = Accounts(engine)
+
+    async def ping(self) -> None:
+        """Raise StorageError unless the database answers."""
+        await self.engine.ping()
+
+    def describe(self) -> str:
+        """The engine's name for logs and /healthz, without credentials."""
+        return self.engine.describe()

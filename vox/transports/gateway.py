@@ -1,0 +1,81 @@
+"""The gateway transport: a trio-websocket listener on ``/gateway``.
+
+Connections run in a nursery owned here (not the listener's), so shutdown can stop accepting
+first, then ask every connection to close with a close frame, and only hard-cancel after the
+grace period.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import trio
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from vox.context import Context
+from vox.nurseries.connection import GatewayConnection
+from vox.protocol.gateway import MAX_CLIENT_FRAME_BYTES, SUBPROTOCOL, CloseCode
+
+log = logging.getLogger("vox.gateway")
+
+GATEWAY_PATH = "/gateway"
+
+
+class GatewayServer:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.open: set[GatewayConnection] = set()
+        self._ids = itertools.count(1)
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        path = request.path.split("?", 1)[0]
+        if path != GATEWAY_PATH:
+            await request.reject(
+                404, body=b'{"error":{"code":"not_found","message":"gateway is at /gateway"}}'
+            )
+            return
+        if self.ctx.draining.is_set():
+            await request.reject(503)
+            return
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in request.proposed_subprotocols else None
+        ws = await request.accept(subprotocol=subprotocol)
+        if len(self.open) >= self.ctx.config.max_gateway_connections:
+            await ws.aclose(CloseCode.SERVER_FULL, "server full")
+            self.ctx.metrics.gateway_closes.labels(str(int(CloseCode.SERVER_FULL))).inc()
+            return
+        conn = GatewayConnection(self.ctx, ws, next(self._ids))
+        self.open.add(conn)
+        self.ctx.metrics.gateway_connections.inc()
+        try:
+            await conn.run()
+        except Exception:
+            # One connection's bug must never take the daemon down.
+            log.exception("gateway connection crashed", extra={"fields": {"conn": conn.conn_id}})
+        finally:
+            self.open.discard(conn)
+            self.ctx.metrics.gateway_connections.dec()
+
+
+async def serve_gateway(
+    ctx: Context, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    server = GatewayServer(ctx)
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as listener:
+            ws_server = await listener.start(
+                lambda task_status: serve_websocket(
+                    server.handle,
+                    ctx.config.host,
+                    ctx.config.gateway_port,
+                    ssl_context=None,
+                    handler_nursery=connections,
+                    max_message_size=MAX_CLIENT_FRAME_BYTES,
+                    task_status=task_status,
+                )
+            )
+            task_status.started(ws_server.port)
+            await ctx.draining.wait()
+            listener.cancel_scope.cancel()
+        # Connections watch ctx.draining and close themselves with 1001; give them the grace period.
+        connections.cancel_scope.deadline = trio.current_time() + ctx.config.shutdown_grace_s

@@ -1,0 +1,165 @@
+"""The REST transport: a QuartTrio app served by hypercorn's trio worker.
+
+This module owns everything HTTP-generic: the JSON error shape for every error (404/405/413/500
+included), the per-request log line, request metrics, and the graceful drain. Routes live in
+vox/api/ and call services.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, cast
+
+import msgspec
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from vox.api import auth, ops, users
+from vox.context import Context
+from vox.errors import APIError
+
+log = logging.getLogger("vox.rest")
+access_log = logging.getLogger("vox.access")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_HTTP_CODES = {
+    400: "validation_error",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    body.update(extra)
+    return Response(msgspec.json.encode({"error": body}), status=status, content_type="application/json")
+
+
+def create_app(ctx: Context) -> QuartTrio:
+    app = QuartTrio("vox")
+    app.extensions["vox"] = ctx
+    app.config["MAX_CONTENT_LENGTH"] = max(ctx.config.max_request_bytes, ctx.config.max_upload_bytes)
+    app.config["JSON_SORT_KEYS"] = False
+    for blueprint in (ops.bp, auth.bp, users.bp):
+        app.register_blueprint(blueprint)
+
+    @app.after_request
+    async def _rate_headers(response: Response) -> Response:
+        decision = g.get("rate")
+        if decision is not None:
+            response.headers.update(decision.headers())
+        return response
+
+    @app.before_request
+    async def _route_label() -> None:
+        rule = request.url_rule
+        cast(dict[str, Any], request.scope)["vox.route"] = rule.rule if rule is not None else "unmatched"
+
+    @app.errorhandler(APIError)
+    async def _api_error(exc: APIError) -> Response:
+        response = error_response(exc.status, exc.code, exc.message, **exc.extra)
+        response.headers.update(exc.headers)
+        if exc.status == 429 and "retry_after_ms" in exc.extra:
+            response.headers["Retry-After"] = str(max(1, -(-int(exc.extra["retry_after_ms"]) // 1000)))
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "bad_request")
+        message = exc.description or exc.name
+        response = error_response(status, code, message)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        log.error(
+            "unhandled error",
+            exc_info=exc,
+            extra={"fields": {"method": request.method, "path": request.path}},
+        )
+        return error_response(500, "internal_error", "internal server error")
+
+    return app
+
+
+class ObservedApp:
+    """ASGI wrapper: one access-log line and metrics per request, whatever the outcome."""
+
+    def __init__(self, app: QuartTrio, ctx: Context) -> None:
+        # Typed loosely: Quart's ASGI signature uses TypedDict scopes this wrapper does not build.
+        self.app: Callable[[Scope, Receive, Send], Awaitable[None]] = cast(Any, app)
+        self.metrics = ctx.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = str(scope.get("vox.route", "unmatched"))
+            method = str(scope.get("method", "?"))
+            self.metrics.http_requests.labels(method, route, str(status)).inc()
+            self.metrics.http_latency.labels(method, route).observe(elapsed)
+            # The path only, never the query string: OIDC callbacks carry codes there.
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": method,
+                        "path": scope.get("path", ""),
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "client": (scope.get("client") or ("?",))[0],
+                    }
+                },
+            )
+
+
+async def serve_rest(ctx: Context, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve REST until ``ctx.draining`` is set, then let in-flight requests finish (up to the grace)."""
+    cfg = HyperConfig()
+    host = ctx.config.host
+    cfg.bind = [f"[{host}]:{ctx.config.rest_port}" if ":" in host else f"{host}:{ctx.config.rest_port}"]
+    cfg.graceful_timeout = ctx.config.shutdown_grace_s
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")
+    cfg.keep_alive_timeout = 75
+    app = ObservedApp(create_app(ctx), ctx)
+
+    class _Status:
+        def started(self, binds: list[str]) -> None:
+            port = int(binds[0].rsplit(":", 1)[1])
+            task_status.started(port)
+
+    await serve(app, cfg, shutdown_trigger=ctx.draining.wait, task_status=_Status())  # type: ignore[arg-type]
