@@ -29,6 +29,7 @@ class Config:
     media_port: int = 4443
     database_url: str = ""  # empty: sqlite under data_dir
     redis_url: str = ""  # empty: in-process broker
+    redis_prefix: str = "vox:"
     db_pool_size: int = 10
     broker_buffer: int = 1024
     shutdown_grace_s: float = 10.0
@@ -82,6 +83,10 @@ def _rate_limits(value: str) -> str | None:
     return None
 
 
+def _nonempty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
 def _one_of(*choices: str) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
@@ -129,6 +134,12 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "redis_url", str, 'Empty for the in-process broker; "redis://host:6379/0" to scale out.', _redis_url
+    ),
+    Field(
+        "redis_prefix",
+        str,
+        "Prefix of every Redis key and channel (several deployments, one Redis).",
+        _nonempty,
     ),
     Field("db_pool_size", int, "PostgreSQL connections (and worker threads) per daemon.", _positive),
     Field(

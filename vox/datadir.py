@@ -74,6 +74,7 @@ def prepare(data_dir: Path, jwt_algorithm: str = "EdDSA") -> ServerKeys:
     rs256 = jwt_algorithm == "RS256"
     jwt_path = keys_dir / ("jwt_rs256.pem" if rs256 else "jwt_ed25519.pem")
     secret_path = keys_dir / "server_secret"
+
     def make_jwt_key() -> bytes:
         if rs256:
             return _pem(rsa.generate_private_key(public_exponent=65537, key_size=3072))

@@ -118,11 +118,31 @@ async def test_gateway_wrong_path_rejected(daemon: Daemon) -> None:
             pass
 
 
-async def test_gateway_heartbeat_timeout(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_gateway_identify_timeout(nursery: trio.Nursery, tmp_path: Path) -> None:
     d = await start_daemon(nursery, tmp_path, heartbeat_interval_ms=200)
     try:
         async with open_websocket_url(d.gateway) as ws:
             await ws.get_message()
+            # heartbeats alone do not keep an unidentified connection open
+            await ws.send_message('{"type": "heartbeat"}')
+            with trio.fail_after(3), pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.get_message()
+            assert closed.value.reason.code == 4003
+    finally:
+        d.stop.set()
+        await d.done.wait()
+
+
+async def test_gateway_heartbeat_timeout(nursery: trio.Nursery, tmp_path: Path) -> None:
+    from tests.e2e.helpers import gateway, user_with_token
+
+    d = await start_daemon(nursery, tmp_path, heartbeat_interval_ms=300)
+    try:
+        async with d.http() as client:
+            _, token = await user_with_token(client, "sleepy")
+        async with gateway(d, token) as (ws, ready):
+            assert ready is not None and ready["type"] == "ready"
             start = trio.current_time()
             with trio.fail_after(3), pytest.raises(ConnectionClosed) as closed:
                 while True:
@@ -165,7 +185,7 @@ async def test_many_abusive_connections_do_not_hurt(daemon: Daemon) -> None:
             pass
 
     async with trio.open_nursery() as n:
-        for i in range(100):
+        for i in range(200):
             n.start_soon(abuse, i)
     async with daemon.http() as client:
         assert (await client.get("/healthz")).json()["status"] == "ok"

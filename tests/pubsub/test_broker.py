@@ -199,3 +199,11 @@ async def test_subscribe_rejects_a_single_string(broker_url: str | None, topic: 
         with pytest.raises(TypeError):
             async with broker.subscribe(topic):
                 pass
+
+
+async def test_an_error_in_the_body_comes_out_as_itself(broker_url: str | None, topic: str) -> None:
+    before = set(threading.enumerate())
+    with pytest.raises(LookupError, match="from the body"):
+        async with open_broker(broker_url) as broker, broker.subscribe([topic]):
+            raise LookupError("from the body")
+    assert our_threads(before) == []

@@ -81,7 +81,7 @@ async def refresh() -> dict[str, Any]:
 async def logout() -> Response:
     who = await identity()
     await ctx().auth.revoke(who, who.session_id)
-    return Response(status=204)
+    return Response(b"", status=204)
 
 
 @bp.get("/sessions")
@@ -95,7 +95,7 @@ async def revoke_session(session_id: str) -> Response:
     who = await identity()
     if len(session_id) > 64 or not await ctx().auth.revoke(who, session_id):
         raise NotFound("no such session")
-    return Response(status=204)
+    return Response(b"", status=204)
 
 
 @bp.post("/mfa/setup")
@@ -109,7 +109,7 @@ async def mfa_enable() -> Response:
     who = await identity()
     body = await json_body(CodeBody)
     await ctx().auth.mfa_enable(who, body.code)
-    return Response(status=204)
+    return Response(b"", status=204)
 
 
 @bp.post("/mfa/disable")
@@ -117,4 +117,4 @@ async def mfa_disable() -> Response:
     who = await identity()
     body = await json_body(CodeBody)
     await ctx().auth.mfa_disable(who, body.code)
-    return Response(status=204)
+    return Response(b"", status=204)

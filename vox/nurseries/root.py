@@ -38,8 +38,10 @@ async def run_daemon(
     keys = await trio.to_thread.run_sync(datadir.prepare, config.data_dir, config.jwt_algorithm)
     async with (
         open_engine(config.resolved_database_url, pool_size=config.db_pool_size) as engine,
-        open_broker(config.redis_url or None, buffer_size=config.broker_buffer) as broker,
-        open_ephemeral(config.redis_url or None) as ephemeral,
+        open_broker(
+            config.redis_url or None, buffer_size=config.broker_buffer, prefix=config.redis_prefix
+        ) as broker,
+        open_ephemeral(config.redis_url or None, prefix=config.redis_prefix + "eph:") as ephemeral,
     ):
         version = await engine.migrate()
         store = Store(engine)

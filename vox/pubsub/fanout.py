@@ -214,7 +214,6 @@ class LocalSubscription:
     """
 
     __slots__ = (
-        "__weakref__",
         "_buffer",
         "_closed",
         "_fanout",

@@ -16,6 +16,16 @@ and resubscribes on its own inside ``get_message`` and hides replies, while this
 see every SUBSCRIBE reply (that is what confirms ``Subscription.add``) and to own reconnection.
 
 Redis channels are ``prefix + topic`` (UTF-8), so one Redis can serve other applications.
+
+Behaviour worth knowing beyond ``vox.pubsub.base``:
+- Order per topic holds for publishes that do not overlap in time (each awaited before the
+  next), which is what one task publishing in sequence does; concurrent ``publish`` calls on one
+  daemon run in different pool threads and have no defined order between them.
+- ``Subscription.add`` returns once Redis confirmed the SUBSCRIBE: one poll interval (20 ms by
+  default) plus a round trip at worst, and, while Redis is unreachable, not before it is back.
+- Losing the subscriber connection loses whatever was published meanwhile, so every subscription
+  with topics is cut as lagged (its owner resumes, as after an overflow); the listener reconnects
+  with backoff and resubscribes every topic still needed, and ``ping`` fails until it has.
 """
 
 from __future__ import annotations
@@ -154,9 +164,11 @@ class _Listener:
                 continue
             conn: _Connection = raw
             connected_at = time.monotonic()
+            announced = False
             try:
                 self._begin(conn)
                 self._to_trio(self._broker._listener_connected, first, len(self._wanted))
+                announced = True
                 first = False
                 self._serve(conn)
             except (redis.RedisError, OSError) as exc:
@@ -164,7 +176,11 @@ class _Listener:
                     raise BrokerError(f"cannot subscribe on Redis: {_error_text(exc)}") from exc
                 if self._stopping.is_set():
                     break
-                self._to_trio(self._broker._listener_disconnected, _error_text(exc))
+                if announced:
+                    self._to_trio(self._broker._listener_disconnected, _error_text(exc))
+                else:
+                    # Still down since the last loss, already reported: subscribers were cut then.
+                    log.debug("Redis resubscribe failed", extra={"fields": {"error": _error_text(exc)}})
                 if time.monotonic() - connected_at >= self._backoff_max:
                     delay = self._backoff_min
                 else:

@@ -15,7 +15,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from vox.context import Context
 from vox.nurseries.connection import GatewayConnection
-from vox.protocol.gateway import MAX_CLIENT_FRAME_BYTES, SUBPROTOCOL, CloseCode
+from vox.protocol.gateway import MAX_CLIENT_FRAME_BYTES, SUBPROTOCOL, CloseCode, token_from_subprotocols
 
 log = logging.getLogger("vox.gateway")
 
@@ -38,13 +38,15 @@ class GatewayServer:
         if self.ctx.draining.is_set():
             await request.reject(503)
             return
-        subprotocol = SUBPROTOCOL if SUBPROTOCOL in request.proposed_subprotocols else None
-        ws = await request.accept(subprotocol=subprotocol)
+        offers_v1, token = token_from_subprotocols(request.proposed_subprotocols)
+        ws = await request.accept(subprotocol=SUBPROTOCOL if offers_v1 else None)
         if len(self.open) >= self.ctx.config.max_gateway_connections:
             await ws.aclose(CloseCode.SERVER_FULL, "server full")
             self.ctx.metrics.gateway_closes.labels(str(int(CloseCode.SERVER_FULL))).inc()
             return
-        conn = GatewayConnection(self.ctx, ws, next(self._ids))
+        remote = request.remote
+        client_ip = str(getattr(remote, "address", remote))
+        conn = GatewayConnection(self.ctx, ws, next(self._ids), client_ip=client_ip, header_token=token)
         self.open.add(conn)
         self.ctx.metrics.gateway_connections.inc()
         try:
