@@ -7,6 +7,7 @@ addresses once every listener accepts, and returns after a graceful drain once `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import trio
@@ -42,6 +43,7 @@ async def run_daemon(
             config.redis_url or None, buffer_size=config.broker_buffer, prefix=config.redis_prefix
         ) as broker,
         open_ephemeral(config.redis_url or None, prefix=config.redis_prefix + "eph:") as ephemeral,
+        contextlib.AsyncExitStack() as stack,
     ):
         version = await engine.migrate()
         store = Store(engine)
@@ -50,12 +52,14 @@ async def run_daemon(
             extra={"fields": {"backend": store.describe(), "schema_version": version}},
         )
         limiter = RateLimiter(ephemeral, parse_limits(config.rate_limits))
+        passwords = Passwords(
+            HashParams(config.argon2_time_cost, config.argon2_memory_kib, config.argon2_parallelism)
+        )
+        stack.callback(passwords.close)
         auth = AuthService(
             store.accounts,
             Tokens(keys.jwt_private_key, algorithm=config.jwt_algorithm),
-            Passwords(
-                HashParams(config.argon2_time_cost, config.argon2_memory_kib, config.argon2_parallelism)
-            ),
+            passwords,
             SecretBox(keys.server_secret),
             ephemeral,
             broker,
