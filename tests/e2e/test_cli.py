@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -50,10 +52,24 @@ def test_serve_prints_ready_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
         assert parts["gateway"].startswith("ws://127.0.0.1:") and parts["gateway"].endswith("/gateway")
         with urllib.request.urlopen(parts["rest"] + "/healthz", timeout=5) as response:
             assert response.status == 200
+        secret = "hunter2-very-secret"
+        login = urllib.request.Request(
+            parts["rest"] + "/api/v1/auth/login?token=" + secret,
+            data=json.dumps({"username": "nobody", "password": secret}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(login, timeout=5)
+        assert refused.value.code == 401
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         # exactly one line on stdout
         assert proc.stdout.read() == ""
+        assert proc.stderr is not None
+        logs = proc.stderr.read()
+        assert "method=GET path=/healthz status=200 duration_ms=" in logs
+        assert "method=POST path=/api/v1/auth/login status=401" in logs
+        assert secret not in logs  # neither the password nor the query string is logged
     finally:
         if proc.poll() is None:
             proc.kill()
