@@ -22,7 +22,7 @@ from argon2 import PasswordHasher
 from trio_websocket import open_websocket_url
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import cpu_seconds, summary_ms, vox_server  # noqa: E402
+from bench.common import cpu_seconds, summary_ms, vox_server
 
 PASSWORD = "bench password 123"
 
@@ -86,9 +86,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             for name in users:
                 r = await client.post("/api/v1/auth/register", json={"username": name, "password": PASSWORD})
                 r.raise_for_status()
-            token = (await client.post("/api/v1/auth/login", json={"username": users[0], "password": PASSWORD})).json()[
-                "access_token"
-            ]
+            token = (
+                await client.post("/api/v1/auth/login", json={"username": users[0], "password": PASSWORD})
+            ).json()["access_token"]
 
             idle = await trio.to_thread.run_sync(
                 probe_in_subprocess, server.gateway, token, args.seconds / 2, args.interval

@@ -25,8 +25,21 @@ def vox_server(extra_env: dict[str, str] | None = None, *args: str) -> Iterator[
     with tempfile.TemporaryDirectory(prefix="vox-bench-") as data:
         env = {**os.environ, "VOX_LOG_LEVEL": "warning", **(extra_env or {})}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vox", "serve", "--data-dir", data, "--rest-port", "0", "--gateway-port", "0",
-             "--media-port", "0", *args],
+            [
+                sys.executable,
+                "-m",
+                "vox",
+                "serve",
+                "--data-dir",
+                data,
+                "--rest-port",
+                "0",
+                "--gateway-port",
+                "0",
+                "--media-port",
+                "0",
+                *args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,16 @@ class Config:
     argon2_memory_kib: int = 19_456
     argon2_parallelism: int = 1
     rate_limits: str = ""
+    max_guilds: int = 0  # 0: unlimited
+    s3_bucket: str = ""  # empty: blobs under data_dir/blobs
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    # repr=False: a logged or printed Config must never show the secret.
+    s3_secret_access_key: str = dataclasses.field(default="", repr=False)
+    s3_prefix: str = ""
+    s3_path_style: bool = False
+    s3_create_bucket: bool = False
 
     @property
     def resolved_database_url(self) -> str:
@@ -110,6 +121,26 @@ def _http_url(value: str) -> str | None:
     if value == "" or value.startswith(("http://", "https://", "ws://", "wss://", "quic://")):
         return None
     return "must be an absolute URL"
+
+
+def _s3_bucket(value: str) -> str | None:
+    # Loose on purpose: S3-compatible servers accept more than AWS's own naming rules.
+    if value == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}", value):
+        return None
+    return "must be a bucket name (letters, digits, dots, hyphens, underscores)"
+
+
+def _s3_endpoint(value: str) -> str | None:
+    if value == "" or value.startswith(("http://", "https://")):
+        return None
+    return "must be an http:// or https:// URL"
+
+
+def _s3_prefix(value: str) -> str | None:
+    # Same alphabet as blob keys (vox/blobs/base.py), so prefix + key is always a valid object key.
+    if value == "" or re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_./-]*", value):
+        return None
+    return "must use letters, digits and _ . / - and not start with / or ."
 
 
 @dataclass(frozen=True)
@@ -179,6 +210,47 @@ FIELDS: tuple[Field, ...] = (
         'Override rate limits, "CLASS=COUNT/SECONDS,..." (classes: auth, login_failures, mfa, api, '
         "gateway_identify).",
         _rate_limits,
+    ),
+    Field(
+        "max_guilds",
+        int,
+        "Most guilds (communities) this server holds; 0 = unlimited, 1 = a single-community server.",
+        _at_least(0),
+    ),
+    Field(
+        "s3_bucket",
+        str,
+        "S3 bucket for attachments and emoji; empty keeps them under data_dir/blobs. Several daemons "
+        "need a shared bucket.",
+        _s3_bucket,
+    ),
+    Field(
+        "s3_endpoint_url",
+        str,
+        'S3-compatible endpoint, e.g. "http://127.0.0.1:9000" for MinIO; empty for AWS.',
+        _s3_endpoint,
+    ),
+    Field("s3_region", str, 'S3 region, e.g. "eu-west-1"; empty: boto3\'s default (AWS_REGION, ~/.aws).'),
+    Field(
+        "s3_access_key_id",
+        str,
+        "S3 access key; empty with the secret: boto3's default chain (AWS_* env, profile, IAM role).",
+    ),
+    Field(
+        "s3_secret_access_key",
+        str,
+        "S3 secret key; never logged. Prefer VOX_S3_SECRET_ACCESS_KEY over writing it in this file.",
+    ),
+    Field("s3_prefix", str, 'Prefix of every object key, e.g. "vox/" to share a bucket.', _s3_prefix),
+    Field(
+        "s3_path_style",
+        bool,
+        "Path-style URLs (endpoint/bucket/key), which MinIO and most self-hosted servers need.",
+    ),
+    Field(
+        "s3_create_bucket",
+        bool,
+        "Create s3_bucket at start when missing (otherwise a missing bucket fails start-up).",
     ),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}

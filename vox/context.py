@@ -13,7 +13,13 @@ from vox.ephemeral import Ephemeral
 from vox.metrics import Metrics
 from vox.pubsub import Broker
 from vox.services.auth import AuthService
+from vox.services.guilds import GuildService
+from vox.services.invites import InviteService
+from vox.services.messages import MessageService
+from vox.services.moderation import ModerationService
+from vox.services.permissions import PermissionService
 from vox.services.ratelimit import RateLimiter
+from vox.services.roles import RoleService
 from vox.storage import Store
 
 
@@ -59,6 +65,12 @@ class Context:
     ephemeral: Ephemeral
     limiter: RateLimiter
     auth: AuthService
+    permissions: PermissionService
+    guilds: GuildService
+    roles: RoleService
+    moderation: ModerationService
+    invites: InviteService
+    messages: MessageService
     metrics: Metrics = field(default_factory=Metrics)
     # Set when shutdown starts: listeners stop accepting, connections are told to go away.
     draining: trio.Event = field(default_factory=trio.Event)

@@ -13,6 +13,7 @@
         ├── ValidationError    400 validation_error (with per-field reasons)
         ├── Unauthorized       401
         ├── Forbidden          403
+        │   └── MissingPermission  403 missing_permission (names the permission bit)
         ├── NotFound           404
         ├── MethodNotAllowed   405
         ├── Conflict           409
@@ -103,6 +104,16 @@ class Unauthorized(APIError):
 class Forbidden(APIError):
     status = 403
     code = "forbidden"
+
+
+class MissingPermission(Forbidden):
+    """The caller is a member but lacks a permission bit; the body names it (protocol.md section 1)."""
+
+    code = "missing_permission"
+
+    def __init__(self, permission: str, message: str | None = None) -> None:
+        super().__init__(message or f"missing permission {permission}", missing_permission=permission)
+        self.permission = permission
 
 
 class NotFound(APIError):

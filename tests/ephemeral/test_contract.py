@@ -204,3 +204,21 @@ async def test_set_rejects_impossible_ttls(ephemeral: Ephemeral, ttl_s: float) -
 async def test_ping_and_describe(ephemeral: Ephemeral) -> None:
     await ephemeral.ping()
     assert ephemeral.describe() in {"memory", "redis"}
+
+
+async def test_incr_counts_atomically_and_expires(ephemeral: Ephemeral) -> None:
+    assert await ephemeral.incr("n", 1, 10) == 1
+    assert await ephemeral.incr("n", 2, 10) == 3
+    assert await ephemeral.incr("n", -3, 10) == 0
+    assert await ephemeral.get("n") == b"0"
+
+    async def bump() -> None:
+        await ephemeral.incr("many", 1, 10)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(50):
+            nursery.start_soon(bump)
+    assert await ephemeral.get("many") == b"50"
+    await ephemeral.incr("short", 5, 0.2)
+    await trio.sleep(0.35)
+    assert await ephemeral.incr("short", 1, 10) == 1

@@ -35,6 +35,13 @@ class Ephemeral(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def incr(self, key: str, delta: int, ttl_s: float) -> int:
+        """Add ``delta`` to an integer value (absent counts as 0), reset its TTL, return the sum.
+
+        Atomic across daemons on the Redis backend. ``get`` reads it back as ASCII digits.
+        """
+        ...
+
     async def take(self, key: str, *, rate_per_s: float, burst: int, cost: int = 1) -> BucketResult:
         """Token bucket: refill at ``rate_per_s`` up to ``burst``; take ``cost`` tokens if available.
 

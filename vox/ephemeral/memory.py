@@ -207,6 +207,16 @@ class MemoryEphemeral:
         self._drop(slot)
         return _as_bytes(entry.data)
 
+    async def incr(self, key: str, delta: int, ttl_s: float) -> int:
+        check_ttl(ttl_s)
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        slot: _Slot = ("v", key)
+        entry = self._live(slot, now)
+        total = (int(_as_bytes(entry.data)) if entry is not None else 0) + delta
+        self._store(slot, str(total).encode(), now + ttl_s, now)
+        return total
+
     async def delete(self, key: str) -> None:
         await trio.lowlevel.checkpoint()
         self._drop(("v", key))

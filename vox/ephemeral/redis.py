@@ -161,6 +161,19 @@ class RedisEphemeral:
         name = self._value_key(key)
         return _raw(await self._call(lambda c: c.getdel(name)))
 
+    async def incr(self, key: str, delta: int, ttl_s: float) -> int:
+        check_ttl(ttl_s)
+        name, px = self._value_key(key), _ttl_ms(ttl_s)
+
+        def fn(c: redis.Redis) -> int:
+            pipe = c.pipeline(transaction=True)
+            pipe.incrby(name, delta)
+            pipe.pexpire(name, px)
+            total, _ = pipe.execute()
+            return int(total)
+
+        return await self._call(fn)
+
     async def delete(self, key: str) -> None:
         names = (self._value_key(key), self._bucket_key(key))
         await self._call(lambda c: c.delete(*names))

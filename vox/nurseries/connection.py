@@ -3,6 +3,14 @@
 Cancelling this nursery tears down the connection and everything it started, and nothing else.
 Outbound frames go through a bounded queue drained by the writer task, so a slow client never
 blocks whoever produced the event; a client whose queue fills is closed (it can resume).
+
+Guild delivery: once identified, the connection is subscribed to ``user:{id}``, to
+``guild:{gid}`` for each guild of the user, and to ``channel:{cid}`` for each channel it may view;
+it keeps, per guild, the set of channel ids it may view. Public events on those topics are
+forwarded as they are. Internal guild events (vox.protocol.guild_events) change that state: a
+join subscribes, a leave/kick/ban/guild deletion unsubscribes at once, and a channel or
+permission change makes the connection recompute what it may view (one permission load) and
+tell its client channel_create / channel_update / channel_delete as they apply to it.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from vox.context import Context
-from vox.errors import APIError, RateLimited, SubscriberLagged
+from vox.errors import APIError, BrokerError, RateLimited, StorageError, SubscriberLagged
 from vox.protocol.gateway import (
     INTERNAL_PREFIX,
     ClientFrame,
@@ -26,8 +34,21 @@ from vox.protocol.gateway import (
     decode_client_frame,
     open_envelope,
 )
+from vox.protocol.guild_events import (
+    GUILD_ACCESS,
+    GUILD_DELETED,
+    GUILD_JOINED,
+    GUILD_LEFT,
+    decode_access_change,
+    decode_deleted_guild,
+    decode_guild_ref,
+    decode_joined,
+)
+from vox.pubsub import Subscription
 from vox.services.auth import Identity
-from vox.services.timefmt import iso
+from vox.services.guild_events import channel_topic, guild_topic, user_topic
+from vox.services.guild_objects import channel_object, guild_object
+from vox.storage.base import Row
 
 log = logging.getLogger("vox.gateway")
 
@@ -65,6 +86,9 @@ class GatewayConnection:
         self._last_heartbeat = trio.current_time()
         self._close: _Close | None = None
         self._closing = trio.Event()
+        self._sub: Subscription | None = None
+        # guild id -> ids of the channels of it this connection may view (and is subscribed to).
+        self._guilds: dict[str, set[str]] = {}
 
     # -- outbound ---------------------------------------------------------------------------
     def enqueue(self, frame: str | bytes) -> None:
@@ -85,7 +109,10 @@ class GatewayConnection:
     async def run(self) -> None:
         code, reason = 1000, ""
         try:
-            async with trio.open_nursery() as outer:
+            # One subscription for the connection's whole life: identify adds its topics before
+            # it answers ready, so nothing published after ready can be missed.
+            async with self.ctx.broker.subscribe() as sub, trio.open_nursery() as outer:
+                self._sub = sub
                 outer.start_soon(self._writer)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watchdog)
@@ -100,6 +127,8 @@ class GatewayConnection:
                 self._send.close()
                 slow = self._close is not None and self._close.code == CloseCode.RATE_LIMITED
                 outer.cancel_scope.deadline = trio.current_time() + (0 if slow else 0.5)
+        except BrokerError:
+            self.close_soon(CloseCode.UNKNOWN_ERROR, "event stream unavailable")
         finally:
             if self._close is not None:
                 code, reason = self._close.code, self._close.reason
@@ -173,32 +202,131 @@ class GatewayConnection:
 
     # -- frames -----------------------------------------------------------------------------
     async def _events(self) -> None:
-        """Forward broker events for this user (and their guilds) once identified."""
+        """Forward broker events for this user, their guilds and visible channels once identified."""
         await self._identified.wait()
-        assert self.identity is not None
-        topics = [f"user:{self.identity.user_id}"] + [f"guild:{gid}" for gid in self._guild_ids]
+        assert self._sub is not None
         try:
-            async with self.ctx.broker.subscribe(topics) as sub:
-                # A revocation published between authenticate() and this subscription would
-                # have been missed: look once more now that events are flowing.
-                state = await self.ctx.store.accounts.session_state(self.identity.session_id)
-                if state is None or state["revoked_at"] is not None:
-                    self.close_soon(CloseCode.AUTHENTICATION_FAILED, "session revoked")
-                    return
-                async for message in sub:
-                    self._on_event(open_envelope(message.payload))
+            async for message in self._sub:
+                event = open_envelope(message.payload)
+                if event.type.startswith(INTERNAL_PREFIX):
+                    await self._on_internal(event)
+                else:
+                    self._emit(event)
         except SubscriberLagged:
             self.close_soon(CloseCode.RATE_LIMITED, "fell behind the event stream; reconnect and resume")
+        except (BrokerError, StorageError) as exc:
+            log.warning(
+                "gateway event stream failed",
+                extra={"fields": {"conn": self.conn_id, "error": type(exc).__name__}},
+            )
+            self.close_soon(CloseCode.UNKNOWN_ERROR, "event stream failed; reconnect")
 
-    def _on_event(self, event: Event) -> None:
-        if event.type.startswith(INTERNAL_PREFIX):
-            if event.type == "_session_revoked" and self.identity is not None:
-                revoked = msgspec.json.decode(event.d_json).get("session_id")
-                if revoked == self.identity.session_id:
-                    self.close_soon(CloseCode.AUTHENTICATION_FAILED, "session revoked")
-            return
+    def _emit(self, event: Event) -> None:
         self.seq += 1
         self.enqueue(event.frame(self.seq))
+
+    async def _on_internal(self, event: Event) -> None:
+        if event.type == "_session_revoked" and self.identity is not None:
+            revoked = msgspec.json.decode(event.d_json).get("session_id")
+            if revoked == self.identity.session_id:
+                self.close_soon(CloseCode.AUTHENTICATION_FAILED, "session revoked")
+        elif event.type == GUILD_ACCESS:
+            await self._access_changed(event)
+        elif event.type == GUILD_JOINED:
+            await self._joined(event)
+        elif event.type == GUILD_LEFT:
+            await self._dropped(decode_guild_ref(event.d_json).guild_id, Event("member_leave", event.d_json))
+        elif event.type == GUILD_DELETED:
+            await self._dropped(decode_deleted_guild(event.d_json).id, Event("guild_update", event.d_json))
+
+    # -- guild state ------------------------------------------------------------------------
+    async def _visible(self, guild_id: str) -> dict[str, Row] | None:
+        assert self.identity is not None
+        rows = await self.ctx.permissions.visible_channels(self.identity.user_id, guild_id)
+        return None if rows is None else {ch["id"]: ch for ch in rows}
+
+    async def _resubscribe(self, guild_id: str, before: set[str], after: set[str]) -> None:
+        assert self._sub is not None
+        gone = before - after
+        if gone:
+            await self._sub.remove(*(channel_topic(c) for c in gone))
+        new = after - before
+        if new:
+            await self._sub.add(*(channel_topic(c) for c in new))
+        self._guilds[guild_id] = after
+
+    def _announce(
+        self,
+        guild_id: str,
+        told: set[str],
+        after: set[str],
+        raw: dict[str, bytes],
+        rows: dict[str, Row],
+    ) -> None:
+        """Tell the client the channels it now sees (``after``) versus what it was told
+        (``told``), with pre-encoded objects when the event carried them."""
+        order = [*raw, *(c for c in rows if c not in raw)]
+        order += sorted((told | after) - set(order))
+        for cid in order:
+            if cid in told and cid not in after:
+                d = raw.get(cid) or msgspec.json.encode({"id": cid, "guild_id": guild_id})
+                self._emit(Event("channel_delete", d))
+        for cid in order:
+            if cid in after and cid not in told:
+                d = raw.get(cid) or msgspec.json.encode(channel_object(rows[cid]))
+                self._emit(Event("channel_create", d))
+
+    async def _access_changed(self, event: Event) -> None:
+        change = decode_access_change(event.d_json)
+        guild_id = change.guild_id
+        before = self._guilds.get(guild_id)
+        if before is None:
+            return
+        deleted = set(change.deleted)
+        rows: dict[str, Row] = {}
+        if change.reload:
+            fresh = await self._visible(guild_id)
+            if fresh is None:
+                return  # no longer a member: the _guild_left that follows drops the guild
+            rows = fresh
+            after = set(rows) - deleted
+        else:
+            after = before - deleted
+        raw = {cid: bytes(obj) for cid, obj in change.channels.items()}
+        self._announce(guild_id, before, after, raw, rows)
+        for cid in change.updated:
+            if cid in before and cid in after and cid in raw:
+                self._emit(Event("channel_update", raw[cid]))
+        await self._resubscribe(guild_id, before, after)
+
+    async def _joined(self, event: Event) -> None:
+        assert self._sub is not None
+        joined = decode_joined(event.d_json)
+        guild_id = joined.guild_id
+        known = guild_id in self._guilds
+        if not known:
+            await self._sub.add(guild_topic(guild_id))
+        # Computed after subscribing to the guild, so any later change reaches this connection.
+        fresh = await self._visible(guild_id)
+        if fresh is None:
+            if not known:
+                await self._sub.remove(guild_topic(guild_id))
+            return
+        self._emit(Event("member_join", event.d_json))
+        told = {c.id for c in joined.guild.channels}
+        after = set(fresh)
+        self._announce(guild_id, told, after, {}, fresh)
+        await self._resubscribe(guild_id, self._guilds.get(guild_id, set()), after)
+
+    async def _dropped(self, guild_id: str, notice: Event) -> None:
+        """Leave, kick, ban or deletion: stop everything from the guild at once (buffered events
+        of its topics included), then tell the client."""
+        assert self._sub is not None
+        channels = self._guilds.pop(guild_id, None)
+        if channels is None:
+            return
+        await self._sub.remove(guild_topic(guild_id), *(channel_topic(c) for c in channels))
+        self._emit(notice)
 
     # -- frames -----------------------------------------------------------------------------
     async def _dispatch(self, frame: ClientFrame) -> None:
@@ -230,8 +358,10 @@ class GatewayConnection:
             identity = await self.ctx.auth.authenticate(token)
         except APIError as exc:
             raise _Close(CloseCode.AUTHENTICATION_FAILED, exc.message) from None
-        guilds = await self.ctx.store.accounts.user_guilds(identity.user_id)
-        self._guild_ids = [g["id"] for g in guilds]
+        try:
+            guilds = await self._subscribe_all(identity)
+        except BrokerError:
+            raise _Close(CloseCode.UNKNOWN_ERROR, "event stream unavailable") from None
         self.identity = identity
         self._last_heartbeat = trio.current_time()
         self.enqueue(
@@ -240,19 +370,38 @@ class GatewayConnection:
                 {
                     "session_id": self.session_id,
                     "user_id": identity.user_id,
-                    "guilds": [
-                        {
-                            "id": g["id"],
-                            "name": g["name"],
-                            "owner_id": g["owner_id"],
-                            "icon": g["icon"],
-                            "created_at": iso(g["created_at"]),
-                        }
-                        for g in guilds
-                    ],
+                    "guilds": [guild_object(g) for g in guilds],
                     "heartbeat_interval_ms": self.ctx.config.heartbeat_interval_ms,
                 },
             )
         )
         self._identified.set()
         log.info("gateway identified", extra={"fields": {"conn": self.conn_id, "user_id": identity.user_id}})
+
+    async def _subscribe_all(self, identity: Identity) -> list[Row]:
+        """Subscribe to the user, their guilds and the channels they may view; return the guilds.
+
+        Each subscription is in place before the state it guards is read, so a change that
+        commits meanwhile is either in what is read or arrives as an event afterwards.
+        """
+        assert self._sub is not None
+        user_id = identity.user_id
+        await self._sub.add(user_topic(user_id))
+        # A revocation published before that subscription would have been missed.
+        state = await self.ctx.store.accounts.session_state(identity.session_id)
+        if state is None or state["revoked_at"] is not None:
+            raise _Close(CloseCode.AUTHENTICATION_FAILED, "session revoked")
+        early = set(await self.ctx.store.guilds.guild_ids_of(user_id))
+        if early:
+            await self._sub.add(*(guild_topic(g) for g in early))
+        visible = await self.ctx.permissions.visible_guilds(user_id)
+        now = {g["id"] for g, _ in visible}
+        if early - now:
+            await self._sub.remove(*(guild_topic(g) for g in early - now))
+        if now - early:
+            await self._sub.add(*(guild_topic(g) for g in now - early))
+        channels = [ch["id"] for _, chs in visible for ch in chs]
+        if channels:
+            await self._sub.add(*(channel_topic(c) for c in channels))
+        self._guilds = {g["id"]: {ch["id"] for ch in chs} for g, chs in visible}
+        return [g for g, _ in visible]

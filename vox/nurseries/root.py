@@ -13,14 +13,21 @@ import logging
 import trio
 
 from vox import datadir
-from vox.blobs import LocalBlobStore
+from vox.blobs import open_blob_store
 from vox.config import Config
 from vox.context import Addresses, Context
 from vox.ephemeral import open_ephemeral
 from vox.pubsub import open_broker
 from vox.services.auth import AuthService
+from vox.services.guild_events import GuildEvents
+from vox.services.guilds import GuildService
+from vox.services.invites import InviteService
+from vox.services.messages import MessageService
+from vox.services.moderation import ModerationService
 from vox.services.passwords import HashParams, Passwords
+from vox.services.permissions import PermissionService
 from vox.services.ratelimit import RateLimiter, parse_limits
+from vox.services.roles import RoleService
 from vox.services.secretbox import SecretBox
 from vox.services.tokens import Tokens
 from vox.storage import Store, open_engine
@@ -67,15 +74,26 @@ async def run_daemon(
             default_policy=config.registration_policy,
             refresh_ttl_s=config.refresh_ttl_days * 86_400,
         )
+        blobs = await stack.enter_async_context(open_blob_store(config))
+        log.info("blobs ready", extra={"fields": {"backend": blobs.describe()}})
+        permissions = PermissionService(store.guilds)
+        guild_events = GuildEvents(broker)
+        guilds = GuildService(store.guilds, permissions, guild_events, max_guilds=config.max_guilds)
         ctx = Context(
             config=config,
             keys=keys,
             store=store,
             broker=broker,
-            blobs=LocalBlobStore(config.data_dir / "blobs"),
+            blobs=blobs,
             ephemeral=ephemeral,
             limiter=limiter,
             auth=auth,
+            permissions=permissions,
+            guilds=guilds,
+            roles=RoleService(store.guilds, permissions, guild_events),
+            moderation=ModerationService(store.guilds, permissions, guild_events),
+            invites=InviteService(store.guilds, permissions, guild_events, guilds),
+            messages=MessageService(store.messages, permissions, broker),
         )
         async with trio.open_nursery() as nursery:
             rest_port = await nursery.start(serve_rest, ctx)

@@ -18,7 +18,6 @@ import trio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-
 T = TypeVar("T")
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from vox.storage.accounts import Accounts
 from vox.storage.base import Engine
+from vox.storage.guilds import Guilds
+from vox.storage.messages import Messages
 
 __all__ = ["Store"]
 
@@ -16,6 +18,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.accounts = Accounts(engine)
+        self.guilds = Guilds(engine)
+        self.messages = Messages(engine)
 
     async def ping(self) -> None:
         """Raise StorageError unless the database answers."""

@@ -20,9 +20,12 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from vox.api import auth, ops, users
+from vox.api import auth, channels, guilds, invites, messages, ops, users
 from vox.context import Context
 from vox.errors import APIError
+from vox.services.uploads import DEFAULT_LIMITS
+
+MAX_FILES_PER_MESSAGE = DEFAULT_LIMITS.max_files
 
 log = logging.getLogger("vox.rest")
 access_log = logging.getLogger("vox.access")
@@ -55,9 +58,13 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
 def create_app(ctx: Context) -> QuartTrio:
     app = QuartTrio("vox")
     app.extensions["vox"] = ctx
-    app.config["MAX_CONTENT_LENGTH"] = max(ctx.config.max_request_bytes, ctx.config.max_upload_bytes)
+    # The ceiling for any body: an upload of the most files a message may carry. JSON routes
+    # enforce their own, much smaller limit (vox.api.bodies); uploads enforce per-file limits.
+    app.config["MAX_CONTENT_LENGTH"] = max(
+        ctx.config.max_request_bytes, ctx.config.max_upload_bytes * MAX_FILES_PER_MESSAGE + 1_048_576
+    )
     app.config["JSON_SORT_KEYS"] = False
-    for blueprint in (ops.bp, auth.bp, users.bp):
+    for blueprint in (ops.bp, auth.bp, users.bp, guilds.bp, channels.bp, invites.bp, messages.bp):
         app.register_blueprint(blueprint)
 
     @app.after_request

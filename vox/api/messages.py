@@ -1,0 +1,178 @@
+"""/api/v1/channels/{id}/messages, /api/v1/messages/{id}, reactions and guild search (section 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from quart import Blueprint, Response, request
+
+from vox.api import ctx
+from vox.api.bodies import json_body
+from vox.api.guard import identity
+from vox.errors import ValidationError
+from vox.services.ids import uuid7
+from vox.services.uploads import UploadPlan
+from vox.storage.messages import NewAttachment
+
+bp = Blueprint("messages", __name__, url_prefix="/api/v1")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+MAX_QUERY = 256
+
+
+class SendBody(msgspec.Struct):
+    # Length rules (1-4000 after trimming; 16 KiB of ciphertext) are checked by the service,
+    # which knows whether the content is encrypted; this bound only stops absurd bodies early.
+    content: Annotated[str, msgspec.Meta(max_length=32 * 1024)]
+    reply_to: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    encrypted: bool = False
+    nonce: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+class EditBody(msgspec.Struct):
+    content: Annotated[str, msgspec.Meta(max_length=32 * 1024)]
+
+
+def query_limit() -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError("limit must be an integer", {"limit": "1..100"}) from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise ValidationError("limit out of range", {"limit": "1..100"})
+    return value
+
+
+@bp.get("/channels/<channel_id>/messages")
+async def list_messages(channel_id: str) -> list[dict[str, Any]]:
+    who = await identity()
+    return await ctx().messages.history(
+        who.user_id,
+        channel_id,
+        before=request.args.get("before"),
+        after=request.args.get("after"),
+        limit=query_limit(),
+    )
+
+
+@bp.post("/channels/<channel_id>/messages")
+async def send_message(channel_id: str) -> tuple[dict[str, Any], int]:
+    who = await identity()
+    body = await json_body(SendBody)
+    message = await ctx().messages.send(
+        who.user_id,
+        channel_id,
+        body.content,
+        reply_to=body.reply_to,
+        encrypted=body.encrypted,
+        nonce=body.nonce,
+    )
+    return message, 201
+
+
+@bp.post("/channels/<channel_id>/messages/upload")
+async def upload_message(channel_id: str) -> tuple[dict[str, Any], int]:
+    who = await identity()
+    c = ctx()
+    # Permissions before a single byte of the body is read or stored.
+    await c.messages.check_can_upload(who.user_id, channel_id)
+    message_id = uuid7()
+    async with UploadPlan(
+        c.blobs, channel_id=channel_id, message_id=message_id, max_file_bytes=c.config.max_upload_bytes
+    ) as plan:
+        received = await plan.receive(request.body, request.headers.get("Content-Type", ""))
+        message = await c.messages.send(
+            who.user_id,
+            channel_id,
+            received.content,
+            attachments=[NewAttachment(**dataclasses.asdict(a)) for a in received.attachments],
+            message_id=message_id,
+        )
+    return message, 201
+
+
+# Served inline only where a browser cannot be made to run it; everything else downloads.
+_INLINE_PREFIXES = ("image/", "audio/", "video/")
+
+
+@bp.get("/attachments/<attachment_id>")
+async def download_attachment(attachment_id: str) -> Response:
+    who = await identity()
+    row = await ctx().messages.attachment(who.user_id, attachment_id)
+    reader = await ctx().blobs.open_stream(row["storage_key"])
+
+    async def body() -> AsyncIterator[bytes]:
+        async with reader:
+            async for chunk in reader:
+                yield chunk
+
+    mime = row["mime_type"]
+    disposition = "inline" if mime.startswith(_INLINE_PREFIXES) else "attachment"
+    quoted = urllib.parse.quote(row["filename"], safe="")
+    response = Response(
+        body(),
+        content_type=mime + ("; charset=utf-8" if mime.startswith("text/") else ""),
+        headers={
+            "Content-Length": str(reader.size),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quoted}",
+            "Cache-Control": "private, max-age=3600",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        },
+    )
+    return response
+
+
+@bp.patch("/messages/<message_id>")
+async def edit_message(message_id: str) -> dict[str, Any]:
+    who = await identity()
+    body = await json_body(EditBody)
+    return await ctx().messages.edit(who.user_id, message_id, body.content)
+
+
+@bp.delete("/messages/<message_id>")
+async def delete_message(message_id: str) -> Response:
+    who = await identity()
+    keys = await ctx().messages.delete(who.user_id, message_id)
+    for key in keys:
+        await ctx().blobs.delete(key)
+    return Response(b"", status=204)
+
+
+@bp.put("/messages/<message_id>/reactions/<path:emoji>")
+async def add_reaction(message_id: str, emoji: str) -> Response:
+    who = await identity()
+    await ctx().messages.react(who.user_id, message_id, emoji, add=True)
+    return Response(b"", status=204)
+
+
+@bp.delete("/messages/<message_id>/reactions/<path:emoji>")
+async def remove_reaction(message_id: str, emoji: str) -> Response:
+    who = await identity()
+    await ctx().messages.react(who.user_id, message_id, emoji, add=False)
+    return Response(b"", status=204)
+
+
+@bp.get("/guilds/<guild_id>/search")
+async def search(guild_id: str) -> dict[str, Any]:
+    who = await identity()
+    query = request.args.get("q", "")
+    if not query.strip() or len(query) > MAX_QUERY:
+        raise ValidationError("q must be 1-256 characters", {"q": "1-256 characters"})
+    results = await ctx().messages.search(
+        who.user_id,
+        guild_id,
+        query,
+        channel_id=request.args.get("channel_id"),
+        author_id=request.args.get("author_id"),
+        limit=query_limit(),
+    )
+    return {"results": results}
