@@ -248,14 +248,16 @@ async def test_first_user_is_admin_and_usernames_unique(daemon: Daemon) -> None:
 async def test_registration_policies(nursery: trio.Nursery, tmp_path: Path) -> None:
     closed = await start_daemon(nursery, tmp_path / "closed", registration_policy="closed")
     async with closed.http() as client:
+        await register(client, "bootstrap_admin")  # the very first account is always allowed
         response = await client.post("/api/v1/auth/register", json={"username": "zed", "password": PASSWORD})
         assert response.status_code == 403
         assert response.json()["error"]["code"] == "registration_closed"
-    assert db_rows(closed, "SELECT COUNT(*) FROM users") == [(0,)]
+    assert db_rows(closed, "SELECT COUNT(*) FROM users") == [(1,)]
     closed.stop.set()
 
     invite = await start_daemon(nursery, tmp_path / "invite", registration_policy="invite_only")
     async with invite.http() as client:
+        await register(client, "first_admin")
         no_code = await client.post("/api/v1/auth/register", json={"username": "yan", "password": PASSWORD})
         assert no_code.status_code == 403 and no_code.json()["error"]["code"] == "registration_closed"
         bad_code = await client.post(
@@ -263,7 +265,7 @@ async def test_registration_policies(nursery: trio.Nursery, tmp_path: Path) -> N
         )
         assert bad_code.status_code == 400
         assert "invite_code" in bad_code.json()["error"]["fields"]
-        assert db_rows(invite, "SELECT COUNT(*) FROM users") == [(0,)]
+        assert db_rows(invite, "SELECT COUNT(*) FROM users") == [(1,)]
         # an admin-made invite (written straight to the database: guilds arrive with issue 4)
         now = int(time.time() * 1000)
         db_execute(

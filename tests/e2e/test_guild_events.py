@@ -313,3 +313,23 @@ async def test_events_cross_daemons(
         with trio.fail_after(15):
             await one.done.wait()
             await two.done.wait()
+
+
+async def test_registration_with_invite_announces_member_join(nursery: trio.Nursery, tmp_path: Path) -> None:
+    from tests.e2e.helpers import PASSWORD
+
+    d = await start_daemon(nursery, tmp_path, registration_policy="invite_only")
+    async with d.http() as client:
+        api = Api(client)
+        owner = await api.user("owner")  # the first account may register without an invite
+        guild = await api.guild(owner)
+        invite = await api.ok(owner, "POST", f"/guilds/{guild['id']}/invites", {}, 201)
+        async with gateway(d, owner.token) as (ws, _):
+            response = await client.post(
+                "/api/v1/auth/register",
+                json={"username": "newcomer", "password": PASSWORD, "invite_code": invite["code"]},
+            )
+            assert response.status_code == 201
+            joined = await expect(ws, "member_join")
+            assert joined["user"]["id"] == response.json()["user_id"]
+    d.stop.set()

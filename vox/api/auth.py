@@ -52,7 +52,11 @@ class CodeBody(msgspec.Struct):
 async def register() -> tuple[dict[str, Any], int]:
     await limit_by_ip("auth")
     body = await json_body(RegisterBody)
-    user_id, _ = await ctx().auth.register(body.username, body.password, body.email, body.invite_code)
+    c = ctx()
+    user_id, _, guild_id = await c.auth.register(body.username, body.password, body.email, body.invite_code)
+    if guild_id is not None:
+        # The invite was consumed atomically with the account; now tell the guild.
+        await c.invites.announce_join(user_id, guild_id)
     return {"user_id": user_id}, 201
 
 

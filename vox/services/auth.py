@@ -94,8 +94,12 @@ class AuthService:
 
     async def register(
         self, username: str, password: str, email: str | None, invite_code: str | None
-    ) -> tuple[str, bool]:
+    ) -> tuple[str, bool, str | None]:
+        """Create the account; returns (user_id, is_admin, guild joined through the invite)."""
         policy = await self.registration_policy()
+        if policy != "open" and not await self.accounts.any_user():
+            # Bootstrap: the first account (who becomes the admin) can always be created.
+            policy = "open"
         if policy == "closed":
             raise RegistrationClosed("registration is closed on this server")
         if policy == "invite_only" and not invite_code:
@@ -109,9 +113,9 @@ class AuthService:
         if created is RegistrationBlocked.INVITE_INVALID:
             raise ValidationError("invalid invite code", {"invite_code": "unknown, expired or used up"})
         assert not isinstance(created, RegistrationBlocked)
-        user, is_admin = created
+        user, is_admin, guild_id = created
         log.info("user registered", extra={"fields": {"user_id": user["id"], "admin": is_admin}})
-        return str(user["id"]), is_admin
+        return str(user["id"]), is_admin, guild_id
 
     # -- login ------------------------------------------------------------------------------
     async def login(self, username: str, password: str, client: ClientInfo) -> dict[str, Any]:

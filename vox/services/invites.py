@@ -104,6 +104,15 @@ class InviteService:
             await self.events.member_joined(guild_id, member, view)
         return {**member, "guild_id": guild_id}
 
+    async def announce_join(self, user_id: str, guild_id: str) -> None:
+        """Publish member_join for a membership made elsewhere (registration with an invite)."""
+        row = await self.guilds.member(guild_id, user_id)
+        if row is None:
+            return
+        member = member_object(row, self.permissions.clock())
+        view = await self.guild_service.view(user_id, guild_id)
+        await self.events.member_joined(guild_id, member, view)
+
     async def revoke(self, user_id: str, code: str) -> None:
         """The invite's creator may revoke it; anyone else needs MANAGE_GUILD."""
         row = await self.guilds.invite(code) if valid_code(code) else None

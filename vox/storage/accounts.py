@@ -52,13 +52,14 @@ class Accounts:
         self.engine = engine
 
     # -- users ------------------------------------------------------------------------------
-    async def create_user(self, new: NewUser) -> tuple[Row, bool] | RegistrationBlocked:
-        """Insert the user; the first user ever becomes a system admin. Returns (user, is_admin).
+    async def create_user(self, new: NewUser) -> tuple[Row, bool, str | None] | RegistrationBlocked:
+        """Insert the user; the first user ever becomes a system admin. Returns (user, is_admin,
+        id of the guild the invite joined them to).
 
         Raises Conflict when the username (or email) is taken, case-insensitively.
         """
 
-        def fn(c: Conn) -> tuple[Row, bool] | RegistrationBlocked:
+        def fn(c: Conn) -> tuple[Row, bool, str | None] | RegistrationBlocked:
             if c.dialect == "postgres":
                 # Serialise "is this the first user?" between concurrent registrations.
                 c.execute("LOCK TABLE system_admins IN SHARE ROW EXCLUSIVE MODE")
@@ -116,9 +117,12 @@ class Accounts:
                 )
             user = c.fetchone(_USER_SELECT + " WHERE u.id = :id", {"id": user_id})
             assert user is not None
-            return user, is_admin
+            return user, is_admin, invite_guild
 
         return await self.engine.write(fn)
+
+    async def any_user(self) -> bool:
+        return await self.engine.read(lambda c: c.fetchval("SELECT 1 FROM users LIMIT 1")) is not None
 
     async def user_by_id(self, user_id: str) -> Row | None:
         return await self.engine.read(
