@@ -13,11 +13,15 @@ from vox.ephemeral import Ephemeral
 from vox.metrics import Metrics
 from vox.pubsub import Broker
 from vox.services.auth import AuthService
+from vox.services.dms import DmService
+from vox.services.emoji import EmojiService
+from vox.services.friends import FriendService
 from vox.services.guilds import GuildService
 from vox.services.invites import InviteService
 from vox.services.messages import MessageService
 from vox.services.moderation import ModerationService
 from vox.services.permissions import PermissionService
+from vox.services.presence import PresenceService
 from vox.services.ratelimit import RateLimiter
 from vox.services.roles import RoleService
 from vox.storage import Store
@@ -71,6 +75,10 @@ class Context:
     moderation: ModerationService
     invites: InviteService
     messages: MessageService
+    dms: DmService
+    friends: FriendService
+    emoji: EmojiService
+    presence: PresenceService
     metrics: Metrics = field(default_factory=Metrics)
     # Set when shutdown starts: listeners stop accepting, connections are told to go away.
     draining: trio.Event = field(default_factory=trio.Event)

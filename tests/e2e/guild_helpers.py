@@ -120,10 +120,17 @@ def assert_status(response: httpx.Response, status: int, code: str) -> dict[str,
     return error
 
 
+PRESENCE_EVENTS = frozenset({"presence_update", "rich_presence_update"})
+
+
 async def frame(ws: WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
+    """The next frame, skipping presence updates (members coming online interleave with
+    whatever a test is looking at; presence has its own tests)."""
     with trio.fail_after(timeout):
-        data: dict[str, Any] = json.loads(await ws.get_message())
-        return data
+        while True:
+            data: dict[str, Any] = json.loads(await ws.get_message())
+            if data["type"] not in PRESENCE_EVENTS:
+                return data
 
 
 async def expect(

@@ -79,9 +79,15 @@ async def test_revoked_session_closes_live_connections(daemon: Daemon) -> None:
 
 
 async def test_resume_of_unknown_session_is_4009(daemon: Daemon) -> None:
+    async with daemon.http() as client:
+        _, token = await user_with_token(client, "resumer")
     async with open_websocket_url(daemon.gateway) as ws:
         await next_frame(ws)
         await ws.send_message(
-            json.dumps({"type": "resume", "d": {"token": "t", "session_id": "s", "last_seq": 0}})
+            json.dumps({"type": "resume", "d": {"token": token, "session_id": "nope", "last_seq": 0}})
         )
         assert await close_code(ws) == 4009
+    async with open_websocket_url(daemon.gateway) as ws:
+        await next_frame(ws)
+        await ws.send_message(json.dumps({"type": "resume", "d": {"token": token, "session_id": "x"}}))
+        assert await close_code(ws) == 4002

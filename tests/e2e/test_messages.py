@@ -11,7 +11,7 @@ import httpx
 import trio
 
 from tests.e2e.conftest import Daemon
-from tests.e2e.guild_helpers import Api, User, assert_missing, assert_status, expect, gd
+from tests.e2e.guild_helpers import PRESENCE_EVENTS, Api, User, assert_missing, assert_status, expect, gd
 from tests.e2e.helpers import gateway
 from vox.protocol.permissions import DEFAULT_EVERYONE, Permission
 
@@ -259,7 +259,9 @@ async def _quiet(ws: Any, seconds: float = 0.4) -> list[dict[str, Any]]:
     got: list[dict[str, Any]] = []
     with trio.move_on_after(seconds):
         while True:
-            got.append(json.loads(await ws.get_message()))
+            data = json.loads(await ws.get_message())
+            if data["type"] not in PRESENCE_EVENTS:
+                got.append(data)
     return got
 
 

@@ -1,58 +1,55 @@
 """One gateway connection = one nursery: reader, writer, heartbeat watchdog and drain watcher.
 
 Cancelling this nursery tears down the connection and everything it started, and nothing else.
-Outbound frames go through a bounded queue drained by the writer task, so a slow client never
-blocks whoever produced the event; a client whose queue fills is closed (it can resume).
-
-Guild delivery: once identified, the connection is subscribed to ``user:{id}``, to
-``guild:{gid}`` for each guild of the user, and to ``channel:{cid}`` for each channel it may view;
-it keeps, per guild, the set of channel ids it may view. Public events on those topics are
-forwarded as they are. Internal guild events (vox.protocol.guild_events) change that state: a
-join subscribes, a leave/kick/ban/guild deletion unsubscribes at once, and a channel or
-permission change makes the connection recompute what it may view (one permission load) and
-tell its client channel_create / channel_update / channel_delete as they apply to it.
+What the client identified as lives in a GatewaySession (vox.nurseries.session) that outlives
+the connection, so a dropped client can resume. Outbound frames go through a bounded queue
+drained by the writer task, so a slow client never blocks whoever produced the event; a client
+whose queue fills is closed with 4008 (its session keeps the events, so it can resume).
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+from typing import Any
 
-import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from vox.context import Context
-from vox.errors import APIError, BrokerError, RateLimited, StorageError, SubscriberLagged
+from vox.errors import APIError, BrokerError, RateLimited
+from vox.nurseries.session import GatewaySession, SessionClosed, SessionRegistry
 from vox.protocol.gateway import (
-    INTERNAL_PREFIX,
     ClientFrame,
     CloseCode,
-    Event,
     GatewayProtocolError,
     control_frame,
     decode_client_frame,
-    open_envelope,
 )
-from vox.protocol.guild_events import (
-    GUILD_ACCESS,
-    GUILD_DELETED,
-    GUILD_JOINED,
-    GUILD_LEFT,
-    decode_access_change,
-    decode_deleted_guild,
-    decode_guild_ref,
-    decode_joined,
-)
-from vox.pubsub import Subscription
 from vox.services.auth import Identity
-from vox.services.guild_events import channel_topic, guild_topic, user_topic
-from vox.services.guild_objects import channel_object, guild_object
-from vox.storage.base import Row
+from vox.services.guild_objects import guild_object
+from vox.services.presence import STATUSES, validate_activity
 
 log = logging.getLogger("vox.gateway")
 
 OUTBOUND_QUEUE = 512
+# Closes that end the session for good: a deliberate close by the client (1000), and the
+# server refusing the client. After anything else (the network dropped, the client went silent
+# or fell behind) the session stays resumable for the resume window.
+FINAL_CLOSES = frozenset(
+    {
+        1000,
+        CloseCode.UNKNOWN_TYPE,
+        CloseCode.DECODE_ERROR,
+        CloseCode.NOT_AUTHENTICATED,
+        CloseCode.AUTHENTICATION_FAILED,
+        CloseCode.ALREADY_AUTHENTICATED,
+        CloseCode.VERSION_MISMATCH,
+        CloseCode.SERVER_FULL,
+    }
+)
+CLIENT_REQUESTS = frozenset(
+    {"subscribe", "unsubscribe", "typing", "stop_typing", "set_status", "set_activity"}
+)
 
 
 class _Close(Exception):
@@ -62,12 +59,24 @@ class _Close(Exception):
         self.reason = reason
 
 
+def _unwrap_session_closed(exc: BaseException) -> SessionClosed | None:
+    if isinstance(exc, SessionClosed):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _unwrap_session_closed(inner)
+            if found is not None:
+                return found
+    return None
+
+
 class GatewayConnection:
     def __init__(
         self,
         ctx: Context,
         ws: WebSocketConnection,
         conn_id: int,
+        sessions: SessionRegistry,
         *,
         client_ip: str,
         header_token: str | None = None,
@@ -75,20 +84,24 @@ class GatewayConnection:
         self.ctx = ctx
         self.ws = ws
         self.conn_id = conn_id
+        self.sessions = sessions
         self.client_ip = client_ip
         self.header_token = header_token
         self.heartbeat_interval_s = ctx.config.heartbeat_interval_ms / 1000
-        self.identity: Identity | None = None
-        self.session_id = str(uuid.uuid4())  # the gateway session named in ready (for resume)
-        self.seq = 0
+        self.session: GatewaySession | None = None
         self._identified = trio.Event()
         self._send, self._recv = trio.open_memory_channel[str | bytes](OUTBOUND_QUEUE)
         self._last_heartbeat = trio.current_time()
         self._close: _Close | None = None
         self._closing = trio.Event()
-        self._sub: Subscription | None = None
-        # guild id -> ids of the channels of it this connection may view (and is subscribed to).
-        self._guilds: dict[str, set[str]] = {}
+
+    @property
+    def identity(self) -> Identity | None:
+        return self.session.identity if self.session else None
+
+    @property
+    def user_id(self) -> str | None:
+        return self.session.user_id if self.session else None
 
     # -- outbound ---------------------------------------------------------------------------
     def enqueue(self, frame: str | bytes) -> None:
@@ -109,16 +122,12 @@ class GatewayConnection:
     async def run(self) -> None:
         code, reason = 1000, ""
         try:
-            # One subscription for the connection's whole life: identify adds its topics before
-            # it answers ready, so nothing published after ready can be missed.
-            async with self.ctx.broker.subscribe() as sub, trio.open_nursery() as outer:
-                self._sub = sub
+            async with trio.open_nursery() as outer:
                 outer.start_soon(self._writer)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watchdog)
                     nursery.start_soon(self._drain_watch)
                     nursery.start_soon(self._reader)
-                    nursery.start_soon(self._events)
                     await self._closing.wait()
                     nursery.cancel_scope.cancel()
                 # Nothing produces frames any more. Frames queued before the close (hello,
@@ -127,11 +136,10 @@ class GatewayConnection:
                 self._send.close()
                 slow = self._close is not None and self._close.code == CloseCode.RATE_LIMITED
                 outer.cancel_scope.deadline = trio.current_time() + (0 if slow else 0.5)
-        except BrokerError:
-            self.close_soon(CloseCode.UNKNOWN_ERROR, "event stream unavailable")
         finally:
             if self._close is not None:
                 code, reason = self._close.code, self._close.reason
+            self._release_session(code)
             with trio.move_on_after(2) as cleanup:
                 cleanup.shield = True
                 await self.ws.aclose(code, reason)
@@ -143,32 +151,29 @@ class GatewayConnection:
                 },
             )
 
-    @property
-    def user_id(self) -> str | None:
-        return self.identity.user_id if self.identity else None
+    def _release_session(self, code: int) -> None:
+        session = self.session
+        if session is None:
+            return
+        session.detach(self.enqueue)
+        if session.ended is None and (code in FINAL_CLOSES or self.ctx.draining.is_set()):
+            session.end(code, "connection closed")
 
     async def _reader(self) -> None:
         self.enqueue(control_frame("hello", {"heartbeat_interval_ms": self.ctx.config.heartbeat_interval_ms}))
-        if self.header_token is not None:
-            try:
-                await self._identify(self.header_token)
-            except _Close as exc:
-                self.close_soon(exc.code, exc.reason)
-                return
         try:
+            if self.header_token is not None:
+                await self._identify(self.header_token)
             while True:
                 data = await self.ws.get_message()
-                try:
-                    frame = decode_client_frame(data)
-                    await self._dispatch(frame)
-                except GatewayProtocolError as exc:
-                    self.close_soon(exc.code, exc.reason)
-                    return
-                except _Close as exc:
-                    self.close_soon(exc.code, exc.reason)
-                    return
-        except ConnectionClosed:
-            self.close_soon(1000, "")
+                frame = decode_client_frame(data)
+                await self._dispatch(frame)
+        except (GatewayProtocolError, _Close) as exc:
+            self.close_soon(exc.code, exc.reason)
+        except ConnectionClosed as exc:
+            # The client went away; 1006 when it did not even say goodbye.
+            peer_code = exc.reason.code if exc.reason is not None else 1006
+            self.close_soon(1006 if peer_code in (None, 1005) else peer_code, "")
 
     async def _writer(self) -> None:
         async with self._recv:
@@ -176,7 +181,7 @@ class GatewayConnection:
                 try:
                     await self.ws.send_message(frame)
                 except ConnectionClosed:
-                    self.close_soon(1000, "")
+                    self.close_soon(1006, "")
                     return
                 self.ctx.metrics.gateway_events_sent.inc()
 
@@ -201,207 +206,126 @@ class GatewayConnection:
         self.close_soon(CloseCode.GOING_AWAY, "server shutting down")
 
     # -- frames -----------------------------------------------------------------------------
-    async def _events(self) -> None:
-        """Forward broker events for this user, their guilds and visible channels once identified."""
-        await self._identified.wait()
-        assert self._sub is not None
-        try:
-            async for message in self._sub:
-                event = open_envelope(message.payload)
-                if event.type.startswith(INTERNAL_PREFIX):
-                    await self._on_internal(event)
-                else:
-                    self._emit(event)
-        except SubscriberLagged:
-            self.close_soon(CloseCode.RATE_LIMITED, "fell behind the event stream; reconnect and resume")
-        except (BrokerError, StorageError) as exc:
-            log.warning(
-                "gateway event stream failed",
-                extra={"fields": {"conn": self.conn_id, "error": type(exc).__name__}},
-            )
-            self.close_soon(CloseCode.UNKNOWN_ERROR, "event stream failed; reconnect")
-
-    def _emit(self, event: Event) -> None:
-        self.seq += 1
-        self.enqueue(event.frame(self.seq))
-
-    async def _on_internal(self, event: Event) -> None:
-        if event.type == "_session_revoked" and self.identity is not None:
-            revoked = msgspec.json.decode(event.d_json).get("session_id")
-            if revoked == self.identity.session_id:
-                self.close_soon(CloseCode.AUTHENTICATION_FAILED, "session revoked")
-        elif event.type == GUILD_ACCESS:
-            await self._access_changed(event)
-        elif event.type == GUILD_JOINED:
-            await self._joined(event)
-        elif event.type == GUILD_LEFT:
-            await self._dropped(decode_guild_ref(event.d_json).guild_id, Event("member_leave", event.d_json))
-        elif event.type == GUILD_DELETED:
-            await self._dropped(decode_deleted_guild(event.d_json).id, Event("guild_update", event.d_json))
-
-    # -- guild state ------------------------------------------------------------------------
-    async def _visible(self, guild_id: str) -> dict[str, Row] | None:
-        assert self.identity is not None
-        rows = await self.ctx.permissions.visible_channels(self.identity.user_id, guild_id)
-        return None if rows is None else {ch["id"]: ch for ch in rows}
-
-    async def _resubscribe(self, guild_id: str, before: set[str], after: set[str]) -> None:
-        assert self._sub is not None
-        gone = before - after
-        if gone:
-            await self._sub.remove(*(channel_topic(c) for c in gone))
-        new = after - before
-        if new:
-            await self._sub.add(*(channel_topic(c) for c in new))
-        self._guilds[guild_id] = after
-
-    def _announce(
-        self,
-        guild_id: str,
-        told: set[str],
-        after: set[str],
-        raw: dict[str, bytes],
-        rows: dict[str, Row],
-    ) -> None:
-        """Tell the client the channels it now sees (``after``) versus what it was told
-        (``told``), with pre-encoded objects when the event carried them."""
-        order = [*raw, *(c for c in rows if c not in raw)]
-        order += sorted((told | after) - set(order))
-        for cid in order:
-            if cid in told and cid not in after:
-                d = raw.get(cid) or msgspec.json.encode({"id": cid, "guild_id": guild_id})
-                self._emit(Event("channel_delete", d))
-        for cid in order:
-            if cid in after and cid not in told:
-                d = raw.get(cid) or msgspec.json.encode(channel_object(rows[cid]))
-                self._emit(Event("channel_create", d))
-
-    async def _access_changed(self, event: Event) -> None:
-        change = decode_access_change(event.d_json)
-        guild_id = change.guild_id
-        before = self._guilds.get(guild_id)
-        if before is None:
-            return
-        deleted = set(change.deleted)
-        rows: dict[str, Row] = {}
-        if change.reload:
-            fresh = await self._visible(guild_id)
-            if fresh is None:
-                return  # no longer a member: the _guild_left that follows drops the guild
-            rows = fresh
-            after = set(rows) - deleted
-        else:
-            after = before - deleted
-        raw = {cid: bytes(obj) for cid, obj in change.channels.items()}
-        self._announce(guild_id, before, after, raw, rows)
-        for cid in change.updated:
-            if cid in before and cid in after and cid in raw:
-                self._emit(Event("channel_update", raw[cid]))
-        await self._resubscribe(guild_id, before, after)
-
-    async def _joined(self, event: Event) -> None:
-        assert self._sub is not None
-        joined = decode_joined(event.d_json)
-        guild_id = joined.guild_id
-        known = guild_id in self._guilds
-        if not known:
-            await self._sub.add(guild_topic(guild_id))
-        # Computed after subscribing to the guild, so any later change reaches this connection.
-        fresh = await self._visible(guild_id)
-        if fresh is None:
-            if not known:
-                await self._sub.remove(guild_topic(guild_id))
-            return
-        self._emit(Event("member_join", event.d_json))
-        told = {c.id for c in joined.guild.channels}
-        after = set(fresh)
-        self._announce(guild_id, told, after, {}, fresh)
-        await self._resubscribe(guild_id, self._guilds.get(guild_id, set()), after)
-
-    async def _dropped(self, guild_id: str, notice: Event) -> None:
-        """Leave, kick, ban or deletion: stop everything from the guild at once (buffered events
-        of its topics included), then tell the client."""
-        assert self._sub is not None
-        channels = self._guilds.pop(guild_id, None)
-        if channels is None:
-            return
-        await self._sub.remove(guild_topic(guild_id), *(channel_topic(c) for c in channels))
-        self._emit(notice)
-
-    # -- frames -----------------------------------------------------------------------------
     async def _dispatch(self, frame: ClientFrame) -> None:
+        d: dict[str, Any] = frame.d or {}
         if frame.type == "heartbeat":
             self._last_heartbeat = trio.current_time()
             self.enqueue(control_frame("heartbeat_ack"))
             return
         if frame.type == "identify":
-            token = (frame.d or {}).get("token")
+            token = d.get("token")
             if not isinstance(token, str) or not token:
                 raise _Close(CloseCode.DECODE_ERROR, "identify needs d.token")
             await self._identify(token)
             return
         if frame.type == "resume":
-            # No resumable session survives in this version: the client starts afresh.
-            raise _Close(CloseCode.SESSION_TIMEOUT, "session cannot be resumed; identify again")
-        if self.identity is None:
+            await self._resume(d)
+            return
+        if self.session is None:
             raise _Close(CloseCode.NOT_AUTHENTICATED, "identify first")
+        if frame.type in CLIENT_REQUESTS:
+            await self._request(self.session, frame.type, d)
+            return
         raise _Close(CloseCode.UNKNOWN_TYPE, f"{frame.type} is not supported by this server yet")
 
-    async def _identify(self, token: str) -> None:
-        if self.identity is not None:
-            raise _Close(CloseCode.ALREADY_AUTHENTICATED, "already identified")
+    async def _request(self, session: GatewaySession, type_: str, d: dict[str, Any]) -> None:
+        if type_ in {"subscribe", "unsubscribe", "typing", "stop_typing"}:
+            channel_id = d.get("channel_id")
+            if not isinstance(channel_id, str) or not 0 < len(channel_id) <= 64:
+                raise _Close(CloseCode.DECODE_ERROR, f"{type_} needs d.channel_id")
+            if type_ == "subscribe":
+                # A channel the client cannot see is ignored, as if it did not exist.
+                session.subscribe(channel_id)
+            elif type_ == "unsubscribe":
+                session.unsubscribe(channel_id)
+            elif type_ == "typing":
+                await self._limited("typing", session.user_id)
+                await session.typing(channel_id)
+            else:
+                await session.stop_typing(channel_id)
+        elif type_ == "set_status":
+            status = d.get("status")
+            if status not in STATUSES:
+                raise _Close(CloseCode.DECODE_ERROR, f"set_status needs d.status in {', '.join(STATUSES)}")
+            await self._limited("presence", session.user_id)
+            await self.ctx.presence.set_status(session.user_id, status)
+        elif type_ == "set_activity":
+            try:
+                activity = validate_activity(d.get("activity"))
+            except ValueError as exc:
+                raise _Close(CloseCode.DECODE_ERROR, f"set_activity: {exc}") from None
+            await self._limited("presence", session.user_id)
+            await self.ctx.presence.set_activity(session.user_id, activity)
+
+    async def _limited(self, klass: str, subject: str) -> None:
         try:
-            await self.ctx.limiter.take("gateway_identify", self.client_ip)
+            await self.ctx.limiter.take(klass, subject)
         except RateLimited:
-            raise _Close(CloseCode.RATE_LIMITED, "too many identify attempts") from None
+            raise _Close(CloseCode.RATE_LIMITED, f"too many {klass} updates") from None
+
+    async def _authenticate(self, token: str) -> Identity:
+        if self.session is not None:
+            raise _Close(CloseCode.ALREADY_AUTHENTICATED, "already identified")
+        await self._limited("gateway_identify", self.client_ip)
         try:
-            identity = await self.ctx.auth.authenticate(token)
+            return await self.ctx.auth.authenticate(token)
         except APIError as exc:
             raise _Close(CloseCode.AUTHENTICATION_FAILED, exc.message) from None
-        try:
-            guilds = await self._subscribe_all(identity)
-        except BrokerError:
-            raise _Close(CloseCode.UNKNOWN_ERROR, "event stream unavailable") from None
-        self.identity = identity
+
+    def _attach(self, session: GatewaySession) -> None:
+        self.session = session
+        session.attach(self.enqueue, self.close_soon)
         self._last_heartbeat = trio.current_time()
+        self._identified.set()
+
+    async def _identify(self, token: str) -> None:
+        identity = await self._authenticate(token)
+        try:
+            session, guilds = await self.sessions.start(identity)
+        except BaseException as exc:
+            closed = _unwrap_session_closed(exc)
+            if closed is not None:
+                raise _Close(closed.code, closed.reason) from None
+            if isinstance(exc, BrokerError) or (
+                isinstance(exc, BaseExceptionGroup) and exc.subgroup(BrokerError) is not None
+            ):
+                raise _Close(CloseCode.UNKNOWN_ERROR, "event stream unavailable") from None
+            raise
+        # ready goes out before any event of the session: the queue keeps that order, and events
+        # the session collected before this connection attached follow ready at once.
         self.enqueue(
             control_frame(
                 "ready",
                 {
-                    "session_id": self.session_id,
+                    "session_id": session.session_id,
                     "user_id": identity.user_id,
                     "guilds": [guild_object(g) for g in guilds],
                     "heartbeat_interval_ms": self.ctx.config.heartbeat_interval_ms,
                 },
             )
         )
-        self._identified.set()
+        for frame in session.replay_after(0) or []:
+            self.enqueue(frame)
+        self._attach(session)
         log.info("gateway identified", extra={"fields": {"conn": self.conn_id, "user_id": identity.user_id}})
 
-    async def _subscribe_all(self, identity: Identity) -> list[Row]:
-        """Subscribe to the user, their guilds and the channels they may view; return the guilds.
-
-        Each subscription is in place before the state it guards is read, so a change that
-        commits meanwhile is either in what is read or arrives as an event afterwards.
-        """
-        assert self._sub is not None
-        user_id = identity.user_id
-        await self._sub.add(user_topic(user_id))
-        # A revocation published before that subscription would have been missed.
-        state = await self.ctx.store.accounts.session_state(identity.session_id)
-        if state is None or state["revoked_at"] is not None:
-            raise _Close(CloseCode.AUTHENTICATION_FAILED, "session revoked")
-        early = set(await self.ctx.store.guilds.guild_ids_of(user_id))
-        if early:
-            await self._sub.add(*(guild_topic(g) for g in early))
-        visible = await self.ctx.permissions.visible_guilds(user_id)
-        now = {g["id"] for g, _ in visible}
-        if early - now:
-            await self._sub.remove(*(guild_topic(g) for g in early - now))
-        if now - early:
-            await self._sub.add(*(guild_topic(g) for g in now - early))
-        channels = [ch["id"] for _, chs in visible for ch in chs]
-        if channels:
-            await self._sub.add(*(channel_topic(c) for c in channels))
-        self._guilds = {g["id"]: {ch["id"] for ch in chs} for g, chs in visible}
-        return [g for g, _ in visible]
+    async def _resume(self, d: dict[str, Any]) -> None:
+        token, session_id, last_seq = d.get("token"), d.get("session_id"), d.get("last_seq")
+        if not isinstance(token, str) or not isinstance(session_id, str) or type(last_seq) is not int:
+            raise _Close(CloseCode.DECODE_ERROR, "resume needs d.token, d.session_id and d.last_seq")
+        identity = await self._authenticate(token)
+        session = self.sessions.get(session_id)
+        if session is None or session.ended is not None or session.identity != identity:
+            raise _Close(CloseCode.SESSION_TIMEOUT, "session cannot be resumed; identify again")
+        frames = session.replay_after(last_seq)
+        if frames is None:
+            session.end()
+            raise _Close(CloseCode.SESSION_TIMEOUT, "missed events are no longer kept; identify again")
+        for frame in frames:
+            self.enqueue(frame)
+        self.enqueue(control_frame("resumed", {"session_id": session.session_id, "replayed": len(frames)}))
+        self._attach(session)
+        log.info(
+            "gateway resumed",
+            extra={"fields": {"conn": self.conn_id, "user_id": identity.user_id, "replayed": len(frames)}},
+        )

@@ -19,6 +19,9 @@ from vox.context import Addresses, Context
 from vox.ephemeral import open_ephemeral
 from vox.pubsub import open_broker
 from vox.services.auth import AuthService
+from vox.services.dms import DmService
+from vox.services.emoji import EmojiService
+from vox.services.friends import FriendService
 from vox.services.guild_events import GuildEvents
 from vox.services.guilds import GuildService
 from vox.services.invites import InviteService
@@ -26,6 +29,7 @@ from vox.services.messages import MessageService
 from vox.services.moderation import ModerationService
 from vox.services.passwords import HashParams, Passwords
 from vox.services.permissions import PermissionService
+from vox.services.presence import PresenceService
 from vox.services.ratelimit import RateLimiter, parse_limits
 from vox.services.roles import RoleService
 from vox.services.secretbox import SecretBox
@@ -94,6 +98,10 @@ async def run_daemon(
             moderation=ModerationService(store.guilds, permissions, guild_events),
             invites=InviteService(store.guilds, permissions, guild_events, guilds),
             messages=MessageService(store.messages, permissions, broker),
+            dms=DmService(store.dms, broker),
+            friends=FriendService(store.friends, store.accounts, broker),
+            emoji=EmojiService(store.emoji, permissions, blobs, broker),
+            presence=PresenceService(store.accounts, ephemeral, broker),
         )
         async with trio.open_nursery() as nursery:
             rest_port = await nursery.start(serve_rest, ctx)

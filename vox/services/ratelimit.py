@@ -36,6 +36,10 @@ DEFAULT_LIMITS: dict[str, Limit] = {
     "api": Limit(600, 60.0),
     # gateway identify/resume: per IP
     "gateway_identify": Limit(60, 60.0),
+    # gateway typing notices: per user
+    "typing": Limit(30, 10.0),
+    # gateway set_status / set_activity: per user
+    "presence": Limit(20, 60.0),
 }
 
 

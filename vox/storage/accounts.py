@@ -124,6 +124,46 @@ class Accounts:
     async def any_user(self) -> bool:
         return await self.engine.read(lambda c: c.fetchval("SELECT 1 FROM users LIMIT 1")) is not None
 
+    async def presence_audience(self, user_id: str) -> tuple[list[str], list[str]]:
+        """(guild ids of the user, ids of their accepted friends): who hears their presence."""
+
+        def fn(c: Conn) -> tuple[list[str], list[str]]:
+            guilds = [
+                r["guild_id"]
+                for r in c.fetchall("SELECT guild_id FROM guild_members WHERE user_id = :u", {"u": user_id})
+            ]
+            friends = [
+                r["other"]
+                for r in c.fetchall(
+                    "SELECT CASE WHEN requester_id = :u THEN addressee_id ELSE requester_id END AS other"
+                    " FROM friendships WHERE status = 'accepted'"
+                    " AND (requester_id = :u OR addressee_id = :u)",
+                    {"u": user_id},
+                )
+            ]
+            return guilds, friends
+
+        return await self.engine.read(fn)
+
+    async def dm_channel_ids(self, user_id: str) -> list[str]:
+        return await self.engine.read(
+            lambda c: [
+                r["channel_id"]
+                for r in c.fetchall("SELECT channel_id FROM dm_recipients WHERE user_id = :u", {"u": user_id})
+            ]
+        )
+
+    async def preferred_status(self, user_id: str) -> str:
+        status = await self.engine.read(
+            lambda c: c.fetchval("SELECT status FROM users WHERE id = :u", {"u": user_id})
+        )
+        return str(status or "online")
+
+    async def set_preferred_status(self, user_id: str, status: str) -> None:
+        await self.engine.write(
+            lambda c: c.execute("UPDATE users SET status = :s WHERE id = :u", {"s": status, "u": user_id})
+        )
+
     async def user_by_id(self, user_id: str) -> Row | None:
         return await self.engine.read(
             lambda c: c.fetchone(_USER_SELECT + " WHERE u.id = :id", {"id": user_id})

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from vox.storage.accounts import Accounts
 from vox.storage.base import Engine
+from vox.storage.dms import Dms
+from vox.storage.emoji import Emoji
+from vox.storage.friends import Friends
 from vox.storage.guilds import Guilds
 from vox.storage.messages import Messages
 
@@ -20,6 +23,9 @@ class Store:
         self.accounts = Accounts(engine)
         self.guilds = Guilds(engine)
         self.messages = Messages(engine)
+        self.dms = Dms(engine)
+        self.friends = Friends(engine)
+        self.emoji = Emoji(engine)
 
     async def ping(self) -> None:
         """Raise StorageError unless the database answers."""

@@ -15,6 +15,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from vox.context import Context
 from vox.nurseries.connection import GatewayConnection
+from vox.nurseries.session import SessionRegistry
 from vox.protocol.gateway import MAX_CLIENT_FRAME_BYTES, SUBPROTOCOL, CloseCode, token_from_subprotocols
 
 log = logging.getLogger("vox.gateway")
@@ -23,8 +24,9 @@ GATEWAY_PATH = "/gateway"
 
 
 class GatewayServer:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, sessions: SessionRegistry) -> None:
         self.ctx = ctx
+        self.sessions = sessions
         self.open: set[GatewayConnection] = set()
         self._ids = itertools.count(1)
 
@@ -46,7 +48,9 @@ class GatewayServer:
             return
         remote = request.remote
         client_ip = str(getattr(remote, "address", remote))
-        conn = GatewayConnection(self.ctx, ws, next(self._ids), client_ip=client_ip, header_token=token)
+        conn = GatewayConnection(
+            self.ctx, ws, next(self._ids), self.sessions, client_ip=client_ip, header_token=token
+        )
         self.open.add(conn)
         self.ctx.metrics.gateway_connections.inc()
         try:
@@ -62,7 +66,15 @@ class GatewayServer:
 async def serve_gateway(
     ctx: Context, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    server = GatewayServer(ctx)
+    async with trio.open_nursery() as sessions_nursery:
+        server = GatewayServer(ctx, SessionRegistry(ctx, sessions_nursery))
+        await _serve_connections(ctx, server, task_status)
+        # Every connection is closed; end the sessions (presence goes offline) and stop.
+        server.sessions.end_all()
+        sessions_nursery.cancel_scope.deadline = trio.current_time() + ctx.config.shutdown_grace_s
+
+
+async def _serve_connections(ctx: Context, server: GatewayServer, task_status: trio.TaskStatus[int]) -> None:
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as listener:
             ws_server = await listener.start(

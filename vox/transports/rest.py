@@ -20,7 +20,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from vox.api import auth, channels, guilds, invites, messages, ops, users
+from vox.api import auth, channels, dms, emoji, friends, guilds, invites, messages, ops, users
 from vox.context import Context
 from vox.errors import APIError
 from vox.services.uploads import DEFAULT_LIMITS
@@ -64,7 +64,10 @@ def create_app(ctx: Context) -> QuartTrio:
         ctx.config.max_request_bytes, ctx.config.max_upload_bytes * MAX_FILES_PER_MESSAGE + 1_048_576
     )
     app.config["JSON_SORT_KEYS"] = False
-    for blueprint in (ops.bp, auth.bp, users.bp, guilds.bp, channels.bp, invites.bp, messages.bp):
+    for blueprint in (
+        *(ops.bp, auth.bp, users.bp, guilds.bp, channels.bp, invites.bp, messages.bp),
+        *(dms.bp, friends.bp, emoji.bp),
+    ):
         app.register_blueprint(blueprint)
 
     @app.after_request
