@@ -7,6 +7,7 @@ on the parametrized ``database_url`` (PostgreSQL cases skip, saying why, when it
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection
 
+from tests import backends
 from tests.e2e.conftest import Daemon, start_daemon
 from tests.e2e.helpers import bearer, user_with_token
 from vox.protocol.permissions import Permission
@@ -24,7 +26,12 @@ from vox.protocol.permissions import Permission
 
 @pytest.fixture
 async def gd(nursery: trio.Nursery, tmp_path: Path, database_url: str) -> AsyncIterator[Daemon]:
-    d = await start_daemon(nursery, tmp_path, database_url=database_url)
+    """The daemon on SQLite + the in-process broker, or on PostgreSQL + Redis (the scale-out
+    pairing; Redis is left out, saying so in the log, only where it is absent)."""
+    extra: dict[str, Any] = {}
+    if database_url.startswith("postgresql") and backends.redis_skip_reason() is None:
+        extra = {"redis_url": backends.REDIS_URL, "redis_prefix": f"vox:test:{uuid.uuid4().hex}:"}
+    d = await start_daemon(nursery, tmp_path, database_url=database_url, **extra)
     yield d
     d.stop.set()
     with trio.fail_after(15):

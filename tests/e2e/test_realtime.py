@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.e2e.conftest import Daemon
+from tests.e2e.conftest import Daemon, start_daemon
 from tests.e2e.guild_helpers import Api, User, gd
 from tests.e2e.helpers import close_code, gateway, next_frame
 from vox.nurseries import session as session_mod
@@ -192,3 +193,63 @@ async def test_bad_requests_close_4002(gd: Daemon, frame: dict[str, Any]) -> Non
     async with gateway(gd, member.token) as (ws, _):
         await ws.send_message(json.dumps(frame))
         assert await close_code(ws) == 4002
+
+
+async def test_client_that_does_not_read_is_cut_and_others_are_not_slowed(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from vox.nurseries import connection as connection_mod
+
+    gd = await start_daemon(nursery, tmp_path, rate_limits="api=1000000/1")
+
+    # A small queue so the test needs few events; the kernel's socket buffers come on top.
+    monkeypatch.setattr(connection_mod, "OUTBOUND_QUEUE", 16)
+    async with gd.http() as client:
+        api = Api(client)
+        owner, member, _, channel = await _guild_pair(api)
+        sleeper = await api.user("sleeper")
+        guild_id = (await api.ok(owner, "GET", "/guilds"))[0]["id"]
+        await api.join(owner, sleeper, guild_id)
+        host, port = gd.gateway.removeprefix("ws://").removesuffix("/gateway").rsplit(":", 1)
+        # A raw client with a tiny receive window that identifies and then never reads.
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect((host, int(port)))
+        raw.sendall(
+            b"GET /gateway HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        raw.settimeout(5)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += await trio.to_thread.run_sync(raw.recv, 1024)
+        assert answer.startswith(b"HTTP/1.1 101")
+        payload = json.dumps({"type": "identify", "d": {"token": sleeper.token}}).encode()
+        mask = b"\x00\x00\x00\x00"
+        header = b"\x81" + bytes([0x80 | 126]) + len(payload).to_bytes(2, "big") + mask
+        raw.sendall(header + payload)
+        try:
+            async with gateway(gd, member.token) as (ws, _):
+                big = "x" * 3900
+                received = 0
+                cut = False
+                for i in range(1500):
+                    await api.ok(
+                        owner, "POST", f"/channels/{channel}/messages", {"content": f"{i} {big}"}, 201
+                    )
+                    got = await _next_of(ws, {"message_new"})
+                    assert got["d"]["content"].startswith(f"{i} ")  # the reader keeps up, in order
+                    received += 1
+                    if i % 50 == 49:
+                        metrics = (await client.get("/metrics")).text
+                        if 'vox_gateway_closes_total{code="4008"}' in metrics:
+                            cut = True
+                            break
+                closes = [l for l in (await client.get("/metrics")).text.splitlines() if "closes_total{" in l]
+                assert cut, ("the client that never reads was not disconnected", closes)
+                assert received >= 50
+        finally:
+            raw.close()
+    gd.stop.set()
