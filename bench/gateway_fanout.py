@@ -2,7 +2,7 @@
 
     python bench/gateway_fanout.py [--sizes 100,1000] [--seconds 10] [--rates 10,50]
                                    [--rss 1000,5000] [--workers 2] [--inflight 4] [--window 128]
-                                   [--profile FILE] [--quick]
+                                   [--profile FILE [--profile-size N]] [--quick]
 
 For each N in --sizes, against a real `vox serve` subprocess (SQLite, in-process broker) and,
 in the same run, against bench/broadcast_baseline.py (a bare trio-websocket broadcast server:
@@ -886,6 +886,7 @@ async def fanout_runs(args: argparse.Namespace, pool: Pool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     env = {"VOX_RATE_LIMITS": RATE_LIMITS}
     phase_ids = iter(range(1, 1_000_000))
+    profile_size = args.profile_size or sizes[0]
     with vox_server(env) as server, baseline_server() as (bare_proc, bare_gateway):
         log(f"vox pid {server.proc.pid} at {server.rest}; ceiling pid {bare_proc.pid}")
         async with httpx.AsyncClient(
@@ -941,7 +942,7 @@ async def fanout_runs(args: argparse.Namespace, pool: Pool) -> dict[str, Any]:
                     async with sender_cm as sender:
                         for rate in [*args.rates, None]:
                             profile: Callable[[], Awaitable[None]] | None = None
-                            if rate is None and target == "vox" and args.profile and n == sizes[0]:
+                            if rate is None and target == "vox" and args.profile and n == profile_size:
                                 profile = profiler_starter(args, pid)
                             result = await run_phase(
                                 pool,
@@ -1059,6 +1060,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with worker_pool(args.workers) as pool:
             if args.sizes:
                 out["fanout"] = await fanout_runs(args, pool)
+                out["cost_model"] = cost_model(out["fanout"])
             if args.rss:
                 out["rss"] = await rss_runs(args, pool)
     finally:
@@ -1071,6 +1073,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile and os.path.exists(args.profile):
         out["profile"] = {"file": args.profile, **summarize_profile(args.profile)}
     return out
+
+
+def cost_model(fanout: dict[str, Any]) -> dict[str, Any]:
+    """Server CPU per send in the fast runs fitted as fixed + per_delivery * N (least squares over
+    the sizes run): what a send costs before fan-out, and what each delivery adds."""
+    model: dict[str, Any] = {}
+    for target in ("vox", "ceiling"):
+        points = [
+            (int(key[2:]), r["cpu_ms_per_send"])
+            for key, row in fanout.items()
+            if key.startswith("N=")
+            for r in row.get(target, [])
+            if r["mode"] == "fast" and r["sends"]
+        ]
+        if len({n for n, _ in points}) < 2:
+            continue
+        mean_n = sum(n for n, _ in points) / len(points)
+        mean_c = sum(c for _, c in points) / len(points)
+        slope = sum((n - mean_n) * (c - mean_c) for n, c in points) / sum(
+            (n - mean_n) ** 2 for n, _ in points
+        )
+        model[target] = {
+            "ms_per_send_fixed": round(mean_c - slope * mean_n, 2),
+            "us_per_delivery": round(slope * 1000, 1),
+        }
+    return model
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -1103,6 +1131,11 @@ def report(result: dict[str, Any]) -> None:
                 lines.append(
                     f"{n:>5} vox/ceiling deliveries per second (fast): {ratio:.2f} (target >= 0.5 at N=100)"
                 )
+    for target, m in result.get("cost_model", {}).items():
+        lines.append(
+            f"  {target}: server CPU per send ~ {m['ms_per_send_fixed']} ms + {m['us_per_delivery']} us x N "
+            "(fit over the fast runs)"
+        )
     rss = result.get("rss")
     if rss:
         lines += ["", "RSS per idle identified gateway connection"]
@@ -1149,6 +1182,7 @@ def main() -> None:
     parser.add_argument("--register-concurrency", type=int, default=8)
     parser.add_argument("--connect-concurrency", type=int, default=32, help="per client process")
     parser.add_argument("--profile", default="", help="py-spy raw profile of the daemon's first fast run")
+    parser.add_argument("--profile-size", type=int, default=0, help="N to profile (default: the first)")
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     args = parser.parse_args()
     if args.quick:

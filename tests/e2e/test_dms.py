@@ -10,6 +10,8 @@ import trio
 
 from tests.e2e.conftest import Daemon
 from tests.e2e.guild_helpers import Api, User, assert_missing, assert_status, gd
+from tests.e2e.helpers import gateway
+from tests.e2e.social_helpers import event, frames
 from vox.protocol.permissions import DM_PERMISSIONS, Permission
 
 __all__ = ["gd"]
@@ -231,6 +233,39 @@ async def test_messages_in_dms_are_for_recipients_only(gd: Daemon) -> None:
         assert_missing(await api.call(bob, "DELETE", f"/messages/{sent['id']}"), Permission.MANAGE_MESSAGES)
         await api.ok(ann, "DELETE", f"/messages/{sent['id']}", status=204)
         assert [m["id"] for m in await api.ok(ann, "GET", path)] == [upload.json()["id"]]
+
+
+async def test_dm_create_and_dm_events_reach_recipients_only(gd: Daemon) -> None:
+    async with gd.http() as client:
+        api = Api(client)
+        (ann, bob, cat), _ = await _community(api, "ann", "bob", "cat")
+        async with (
+            gateway(gd, ann.token) as (ann_ws, _),
+            gateway(gd, bob.token) as (bob_ws, _),
+            gateway(gd, cat.token) as (cat_ws, _),
+        ):
+            for ws in (ann_ws, bob_ws, cat_ws):
+                await frames(ws, 0.2)  # whatever connecting brought (member_join, ...)
+            dm = await api.ok(ann, "POST", "/dms", {"recipients": [bob.id]}, 201)
+            # Both recipients' connections, the creator's included, learn of it.
+            assert await event(ann_ws, "dm_create") == dm
+            assert await event(bob_ws, "dm_create") == dm
+            await api.ok(bob, "POST", "/dms", {"recipients": [ann.id]})
+            message = await api.ok(ann, "POST", f"/channels/{dm['id']}/messages", {"content": "psst"}, 201)
+            assert await event(bob_ws, "message_new") == message
+            assert await event(ann_ws, "message_new") == message
+            await api.ok(bob, "PUT", f"/messages/{message['id']}/reactions/👍", status=204)
+            assert (await event(ann_ws, "reaction_add"))["emoji"] == "👍"
+            assert await frames(cat_ws, 0.3) == []
+
+            group = await api.ok(cat, "POST", "/dms", {"recipients": [ann.id, bob.id]}, 201)
+            for ws in (ann_ws, bob_ws, cat_ws):
+                assert await event(ws, "dm_create", skip={"reaction_add"}) == group
+        # A connection opened later is subscribed to the user's DMs from the start.
+        async with gateway(gd, bob.token) as (late_ws, _):
+            await frames(late_ws, 0.2)
+            later = await api.ok(ann, "POST", f"/channels/{dm['id']}/messages", {"content": "again"}, 201)
+            assert await event(late_ws, "message_new") == later
 
 
 async def test_dm_routes_need_auth(gd: Daemon) -> None:

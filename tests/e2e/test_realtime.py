@@ -247,7 +247,8 @@ async def test_client_that_does_not_read_is_cut_and_others_are_not_slowed(
                         if 'vox_gateway_closes_total{code="4008"}' in metrics:
                             cut = True
                             break
-                closes = [l for l in (await client.get("/metrics")).text.splitlines() if "closes_total{" in l]
+                metrics = (await client.get("/metrics")).text
+                closes = [line for line in metrics.splitlines() if "closes_total{" in line]
                 assert cut, ("the client that never reads was not disconnected", closes)
                 assert received >= 50
         finally:
