@@ -1,5 +1,6 @@
 """Direct messages over real sockets (protocol.md section 4): opening, reusing and listing DMs,
-bad input, who may open a DM with whom, and messages in DMs, on SQLite and PostgreSQL."""
+bad input, who may open a DM with whom, messages in DMs and their gateway events, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
