@@ -254,3 +254,20 @@ async def test_client_that_does_not_read_is_cut_and_others_are_not_slowed(
         finally:
             raw.close()
     gd.stop.set()
+
+
+async def test_profile_change_is_a_patch_event(gd: Daemon) -> None:
+    async with gd.http() as client:
+        api = Api(client)
+        owner, member, _, _ = await _guild_pair(api)
+        async with gateway(gd, member.token) as (m_ws, _):
+            await api.ok(owner, "PATCH", "/users/@me", {"display_name": "The Owner"})
+            patch = await _next_of(m_ws, {"patch"})
+            assert patch["d"] == {
+                "entity_type": "user",
+                "entity_id": owner.id,
+                "diff": {"display_name": "The Owner"},
+            }
+            # an unchanged value announces nothing
+            await api.ok(owner, "PATCH", "/users/@me", {"display_name": "The Owner"})
+            await _none_of(m_ws, {"patch"}, 0.3)

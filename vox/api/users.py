@@ -43,9 +43,13 @@ async def patch_me() -> dict[str, Any]:
     }
     if isinstance(changes.get("display_name"), str) and not changes["display_name"].strip():
         raise ValidationError("display_name cannot be blank", {"display_name": "blank"})
-    row = await ctx().store.accounts.update_profile(who.user_id, changes)
-    if row is None:
+    c = ctx()
+    before = await c.store.accounts.user_by_id(who.user_id)
+    row = await c.store.accounts.update_profile(who.user_id, changes)
+    if row is None or before is None:
         raise NotFound("user not found")
+    diff = {k: row[k] for k in changes if before[k] != row[k]}
+    await c.presence.user_patched(who.user_id, diff)
     return own_user(row)
 
 

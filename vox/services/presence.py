@@ -119,6 +119,11 @@ class PresenceService:
         if await self._shown_status(user_id) != "offline":
             await self._publish(user_id, "rich_presence_update", {"user_id": user_id, "activity": activity})
 
+    async def user_patched(self, user_id: str, diff: dict[str, Any]) -> None:
+        """Profile changes reach whoever sees the user's presence, and their own devices."""
+        if diff:
+            await self._publish(user_id, "patch", {"entity_type": "user", "entity_id": user_id, "diff": diff})
+
     async def status_of(self, user_id: str) -> dict[str, Any]:
         raw = await self.ephemeral.get(f"presence:sessions:{user_id}")
         online = raw is not None and int(raw) > 0
