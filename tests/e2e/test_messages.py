@@ -18,6 +18,18 @@ from vox.protocol.permissions import DEFAULT_EVERYONE, Permission
 __all__ = ["gd"]
 
 
+async def _hide_from_everyone(api: Api, owner: User, guild_id: str, channel_id: str) -> None:
+    """Deny VIEW_CHANNEL to @everyone in one channel."""
+    roles = await api.ok(owner, "GET", f"/guilds/{guild_id}/roles")
+    everyone = next(r for r in roles if r["is_default"])
+    await api.ok(
+        owner,
+        "PUT",
+        f"/channels/{channel_id}/overrides/{everyone['id']}",
+        {"allow": 0, "deny": int(Permission.VIEW_CHANNEL)},
+    )
+
+
 async def _setup(api: Api) -> tuple[User, User, dict[str, Any], str]:
     owner = await api.user("owner")
     member = await api.user("member")
@@ -126,14 +138,7 @@ async def test_permissions_hidden_channel_and_timeouts(gd: Daemon) -> None:
             Permission.SEND_MESSAGES,
         )
         secret = await api.channel(owner, guild["id"], "secret")
-        roles = await api.ok(owner, "GET", f"/guilds/{guild['id']}/roles")
-        everyone = next(r for r in roles if r["is_default"])
-        await api.ok(
-            owner,
-            "PUT",
-            f"/channels/{secret['id']}/overrides/{everyone['id']}",
-            {"allow": 0, "deny": int(Permission.VIEW_CHANNEL)},
-        )
+        await _hide_from_everyone(api, owner, guild['id'], secret["id"])
         hidden = await api.ok(
             owner, "POST", f"/channels/{secret['id']}/messages", {"content": "classified"}, 201
         )
@@ -222,14 +227,7 @@ async def test_search_respects_permissions(gd: Daemon) -> None:
             201,
         )
         secret = await api.channel(owner, gid, "secret")
-        roles = await api.ok(owner, "GET", f"/guilds/{gid}/roles")
-        everyone = next(r for r in roles if r["is_default"])
-        await api.ok(
-            owner,
-            "PUT",
-            f"/channels/{secret['id']}/overrides/{everyone['id']}",
-            {"allow": 0, "deny": int(Permission.VIEW_CHANNEL)},
-        )
+        await _hide_from_everyone(api, owner, gid, secret["id"])
         await api.ok(
             owner, "POST", f"/channels/{secret['id']}/messages", {"content": "hidden fox plans"}, 201
         )
@@ -295,14 +293,7 @@ async def test_message_events_reach_viewers_only(gd: Daemon) -> None:
             # a channel the member cannot view delivers nothing to them
             secret = await api.channel(owner, guild["id"], "secret")
             await expect(m_ws, "channel_create")
-            roles = await api.ok(owner, "GET", f"/guilds/{guild['id']}/roles")
-            everyone = next(r for r in roles if r["is_default"])
-            await api.ok(
-                owner,
-                "PUT",
-                f"/channels/{secret['id']}/overrides/{everyone['id']}",
-                {"allow": 0, "deny": int(Permission.VIEW_CHANNEL)},
-            )
+            await _hide_from_everyone(api, owner, guild['id'], secret["id"])
             await expect(m_ws, "channel_delete")
             await api.ok(owner, "POST", f"/channels/{secret['id']}/messages", {"content": "psst"}, 201)
             assert await _quiet(m_ws) == []
