@@ -138,7 +138,7 @@ async def test_permissions_hidden_channel_and_timeouts(gd: Daemon) -> None:
             Permission.SEND_MESSAGES,
         )
         secret = await api.channel(owner, guild["id"], "secret")
-        await _hide_from_everyone(api, owner, guild['id'], secret["id"])
+        await _hide_from_everyone(api, owner, guild["id"], secret["id"])
         hidden = await api.ok(
             owner, "POST", f"/channels/{secret['id']}/messages", {"content": "classified"}, 201
         )
@@ -293,7 +293,7 @@ async def test_message_events_reach_viewers_only(gd: Daemon) -> None:
             # a channel the member cannot view delivers nothing to them
             secret = await api.channel(owner, guild["id"], "secret")
             await expect(m_ws, "channel_create")
-            await _hide_from_everyone(api, owner, guild['id'], secret["id"])
+            await _hide_from_everyone(api, owner, guild["id"], secret["id"])
             await expect(m_ws, "channel_delete")
             await api.ok(owner, "POST", f"/channels/{secret['id']}/messages", {"content": "psst"}, 201)
             assert await _quiet(m_ws) == []
@@ -409,3 +409,27 @@ async def test_message_routes_need_auth(gd: Daemon) -> None:
         ]:
             response = await client.request(method, path)
             assert response.status_code == 401, (method, path)
+
+
+async def test_deleting_a_channel_or_guild_removes_its_files(gd: Daemon) -> None:
+    async with gd.http() as client:
+        api = Api(client)
+        owner, _, guild, channel = await _setup(api)
+        other = await api.channel(owner, guild["id"], "other")
+        for target in (channel, other["id"]):
+            response = await client.post(
+                f"/api/v1/channels/{target}/messages/upload",
+                headers=owner.h,
+                files=[("file", ("a.png", PNG, "image/png"))],
+            )
+            assert response.status_code == 201
+        blobs = gd.config.data_dir / "blobs"
+
+        def files() -> list[Any]:
+            return [p for p in blobs.rglob("*") if p.is_file()]
+
+        assert len(files()) == 2
+        await api.ok(owner, "DELETE", f"/channels/{other['id']}", status=204)
+        assert len(files()) == 1
+        await api.ok(owner, "DELETE", f"/guilds/{guild['id']}", status=204)
+        assert files() == []

@@ -74,9 +74,7 @@ async def test_new_dm_is_published_to_each_recipient_only(setup: tuple[Store, di
             group, created = await service.open(users["ann"], [users["bob"], users["cat"]])
             assert created
             got = await drain(sub)
-            assert sorted(m.topic for m in got) == sorted(
-                f"user:{users[n]}" for n in ("ann", "bob", "cat")
-            )
+            assert sorted(m.topic for m in got) == sorted(f"user:{users[n]}" for n in ("ann", "bob", "cat"))
             assert {decoded(m)[1]["id"] for m in got} == {group["id"]}
 
 

@@ -42,7 +42,10 @@ async def patch_channel(channel_id: str) -> dict[str, Any]:
 @bp.delete("/<channel_id>")
 async def delete_channel(channel_id: str) -> Response:
     who = await identity()
-    await ctx().guilds.delete_channel(who.user_id, channel_id)
+    c = ctx()
+    keys = await c.store.messages.attachment_keys(channel_id=channel_id) if len(channel_id) <= 64 else []
+    await c.guilds.delete_channel(who.user_id, channel_id)
+    await c.blobs.delete_many(keys)
     return no_content()
 
 

@@ -123,7 +123,12 @@ async def patch_guild(guild_id: str) -> dict[str, Any]:
 @bp.delete("/<guild_id>")
 async def delete_guild(guild_id: str) -> Response:
     who = await identity()
-    await ctx().guilds.delete(who.user_id, guild_id)
+    c = ctx()
+    # Blob keys are read first: the database cascade removes the rows that name them.
+    keys = await c.store.messages.attachment_keys(guild_id=guild_id) if len(guild_id) <= 64 else []
+    keys += await c.store.emoji.storage_keys(guild_id) if len(guild_id) <= 64 else []
+    await c.guilds.delete(who.user_id, guild_id)
+    await c.blobs.delete_many(keys)
     return no_content()
 
 

@@ -44,6 +44,7 @@ from vox.protocol.guild_events import (
 from vox.protocol.permissions import Permission
 from vox.pubsub import Message, Subscription
 from vox.services.auth import Identity
+from vox.services.dms import DM_CREATED
 from vox.services.guild_events import channel_topic, guild_topic, user_topic
 from vox.services.guild_objects import channel_object
 from vox.services.permissions import require
@@ -57,7 +58,6 @@ TYPING_TTL_S = 10.0
 # A client refreshes typing every few seconds; re-announcing more often than this is noise.
 TYPING_REPUBLISH_S = 5.0
 TYPING_EVENTS = frozenset({"typing_start", "typing_stop"})
-DM_CREATED = "_dm_created"
 PRESENCE_PREFIXES = (b"presence_update\x00", b"rich_presence_update\x00")
 
 

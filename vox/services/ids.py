@@ -27,4 +27,4 @@ def uuid7(now_ms: int | None = None) -> str:
 
 
 def is_uuid(value: str) -> bool:
-    return bool(_UUID.match(value))
+    return bool(_UUID.fullmatch(value))
