@@ -59,6 +59,14 @@ class _Close(Exception):
         self.reason = reason
 
 
+def _peer_code(exc: ConnectionClosed) -> int:
+    """The code the client closed with (it decides whether the session stays resumable);
+    1006 when it went away without a close frame. The reader and the writer may each notice
+    the close first, so both ask this."""
+    code = exc.reason.code if exc.reason is not None else None
+    return 1006 if code is None or code == 1005 else int(code)
+
+
 def _unwrap_session_closed(exc: BaseException) -> SessionClosed | None:
     if isinstance(exc, SessionClosed):
         return exc
@@ -171,17 +179,15 @@ class GatewayConnection:
         except (GatewayProtocolError, _Close) as exc:
             self.close_soon(exc.code, exc.reason)
         except ConnectionClosed as exc:
-            # The client went away; 1006 when it did not even say goodbye.
-            peer_code = exc.reason.code if exc.reason is not None else 1006
-            self.close_soon(1006 if peer_code in (None, 1005) else peer_code, "")
+            self.close_soon(_peer_code(exc), "")
 
     async def _writer(self) -> None:
         async with self._recv:
             async for frame in self._recv:  # ends once run() closed the send side and it drained
                 try:
                     await self.ws.send_message(frame)
-                except ConnectionClosed:
-                    self.close_soon(1006, "")
+                except ConnectionClosed as exc:
+                    self.close_soon(_peer_code(exc), "")
                     return
                 self.ctx.metrics.gateway_events_sent.inc()
 
