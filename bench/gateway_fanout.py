@@ -1,32 +1,38 @@
 """Gateway fan-out: one sender, one channel, N connected clients; Vox against a bare ceiling.
 
-    python bench/gateway_fanout.py [--sizes 100,1000] [--seconds 10] [--rates 10,50]
+    python bench/gateway_fanout.py [--sizes 100,1000] [--seconds 10] [--rates 10,50] [--repeat 3]
                                    [--rss 1000,5000] [--workers 2] [--inflight 4] [--window 128]
                                    [--profile FILE [--profile-size N]] [--quick]
 
-For each N in --sizes, against a real `vox serve` subprocess (SQLite, in-process broker) and,
-in the same run, against bench/broadcast_baseline.py (a bare trio-websocket broadcast server:
-same JSON frames, no auth, no storage) as the ceiling:
+Both servers run side by side for the whole run: a real `vox serve` subprocess (SQLite,
+in-process broker) and bench/broadcast_baseline.py (a bare trio-websocket broadcast server: same
+JSON frames, no auth, no storage) as the ceiling.
 
-- setup over REST: users register and log in (real Argon2id parameters, bounded concurrency),
-  the owner creates one guild per N, N members join it through an invite, and N gateway
-  clients identify (one per member);
-- paced runs at each of --rates messages/s for --seconds: the owner posts messages to the guild's
-  text channel over REST (`POST /api/v1/channels/{id}/messages`; the ceiling's sender sends a
-  `publish` frame over its own WebSocket instead);
-- a fast run for --seconds: --inflight concurrent requests back to back, held back only so the
-  sender never gets more than --window messages ahead of the slowest client (no client is ever
-  cut off for lagging, so every message reaches every client);
-- each message's content carries a phase id, a counter and time.monotonic_ns() taken just before
-  the request; receivers (in --workers client processes, each one trio loop with many
-  trio-websocket clients) read CLOCK_MONOTONIC, which is system-wide on Linux, on every
-  message_new and report latencies to this process;
-- server CPU (user+system from /proc) over each run gives CPU per 1,000 deliveries and per send.
-
-Then the RSS cost of an idle gateway connection: a fresh daemon (and a fresh ceiling process),
-VmRSS with 0 connections after a warm-up, then after each count in --rss identified idle
-connections: (RSS_n - RSS_0) / n. For the daemon, a handful of users (--rss-users) each open many
-connections (one user, many devices), all members of one guild.
+- Setup over REST: users register and log in (real Argon2id parameters, bounded concurrency),
+  the owner creates one guild per N, and N members join it through an invite.
+- "No listeners": the fast run below with nobody connected, i.e. what a send costs by itself
+  (HTTP, auth, storage, publish; for the ceiling, a publish frame).
+- For each N in --sizes: N gateway clients identify with Vox (one per member) and N connect to
+  the ceiling, each set in its own group, all at once. The server CPU and the events received
+  while Vox's clients connect (presence) are recorded. Then, --repeat times, each mode runs
+  once against Vox and once against the ceiling, alternating, and each row reports medians:
+  - paced at each of --rates messages/s for --seconds: the owner posts to the guild's text
+    channel over REST (`POST /api/v1/channels/{id}/messages`); the ceiling's sender sends a
+    `publish` frame over its own WebSocket instead;
+  - fast for --seconds: --inflight concurrent requests back to back.
+  In every run the sender never gets more than --window messages ahead of the slowest client,
+  so no client is cut off for lagging and every message reaches every client; a server past its
+  capacity falls behind the schedule instead (the achieved rate shows it). Each message's
+  content carries a run id, a counter and time.monotonic_ns() taken just before the request;
+  receivers (in --workers client processes, each one trio loop with many trio-websocket clients)
+  read CLOCK_MONOTONIC, which is system-wide on Linux, on every message_new and report latencies.
+  Server CPU (user+system from /proc) over each run gives CPU per 1,000 deliveries and per send.
+- RSS per idle connection: a fresh daemon (and a fresh ceiling process), VmRSS with 0 connections
+  after a warm-up, then after each count in --rss identified idle connections: (RSS_n - RSS_0)/n.
+  For the daemon a handful of users (--rss-users) each open many connections (one user, many
+  devices), all members of one guild.
+- --profile FILE records the daemon with `py-spy record -f raw` during the first fast run at
+  --profile-size (0: the no-listener run) and summarises the busy samples.
 
 Prints one JSON line on stdout and the comparison tables on stderr. Everything binds 127.0.0.1
 only, every loop is bounded in count and time, and every process started here is stopped (SIGTERM
@@ -39,10 +45,12 @@ import argparse
 import base64
 import contextlib
 import json
+import math
 import os
 import random
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -70,12 +78,13 @@ CONNECT_TIMEOUT_S = 60.0
 
 
 def raise_nofile() -> int:
-    """Raise the soft open-file limit to the hard one (children inherit it)."""
+    """Raise the soft open-file limit to the hard one (child processes, the daemon included,
+    inherit it); 5,000 connections need 5,000+ descriptors on each side."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    target = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
@@ -98,9 +107,14 @@ def rss_kib(pid: int) -> int:
 
 @dataclass
 class WorkerState:
+    """Clients belong to groups (one per server), so clients of both servers can stay connected
+    while runs alternate between them; a run counts and paces on its own group only."""
+
     phase: int = -1
+    phase_clients: list[int] = field(default_factory=list)  # indexes of the current run's group
     counts: list[int] = field(default_factory=list)  # deliveries per client in the current phase
     alive: list[bool] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
     latencies_us: array = field(default_factory=lambda: array("q"))
     first_recv: int = 0
     last_recv: int = 0
@@ -112,11 +126,17 @@ class WorkerState:
     close_codes: Counter[str] = field(default_factory=Counter)
     other_events: Counter[str] = field(default_factory=Counter)  # server events but message_new
     errors: list[str] = field(default_factory=list)
-    closing: trio.Event = field(default_factory=trio.Event)
+    closing: dict[str, trio.Event] = field(default_factory=dict)
 
     def error(self, text: str) -> None:
         if len(self.errors) < 5:
             self.errors.append(text[:300])
+
+    def closing_event(self, group: str) -> trio.Event:
+        return self.closing.setdefault(group, trio.Event())
+
+    def live_in(self, group: str) -> int:
+        return sum(1 for a, g in zip(self.alive, self.groups, strict=True) if a and g == group)
 
 
 async def _heartbeats(ws: Any, interval_s: float) -> None:
@@ -172,7 +192,7 @@ class Started:
             self.event.set()
 
 
-async def _client(state: WorkerState, url: str, token: str, started: Started) -> None:
+async def _client(state: WorkerState, group: str, url: str, token: str, started: Started) -> None:
     """One gateway client: hello, identify, ready; then heartbeats and receiving until told to
     close (a graceful close, so the server sees the disconnect at once) or dropped."""
     idx = -1
@@ -193,14 +213,16 @@ async def _client(state: WorkerState, url: str, token: str, started: Started) ->
             idx = len(state.counts)
             state.counts.append(0)
             state.alive.append(True)
+            state.groups.append(group)
             state.live += 1
+            closing = state.closing_event(group)
             started.set(True)
             dropped: ConnectionClosed | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_heartbeats, ws, interval_s)
 
                 async def until_closing() -> None:
-                    await state.closing.wait()
+                    await closing.wait()
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(until_closing)
@@ -257,7 +279,7 @@ class LineChannel:
 
 
 async def _connect_all(
-    state: WorkerState, conns: trio.Nursery, url: str, tokens: list[str], concurrency: int
+    state: WorkerState, conns: trio.Nursery, group: str, url: str, tokens: list[str], concurrency: int
 ) -> list[bool]:
     """Open one identified client per token (at most ``concurrency`` handshakes at a time); the
     clients then live in ``conns``."""
@@ -267,7 +289,7 @@ async def _connect_all(
     async def one(token: str) -> None:
         async with limiter:
             started = Started()
-            conns.start_soon(_client, state, url, token, started)
+            conns.start_soon(_client, state, group, url, token, started)
             await started.event.wait()
             results.append(started.ok)
 
@@ -286,7 +308,8 @@ async def worker_main() -> None:
             await trio.sleep(PROGRESS_PERIOD_S)
             if state.phase < 0:
                 continue
-            live = [c for c, a in zip(state.counts, state.alive, strict=True) if a]
+            counts, alive = state.counts, state.alive
+            live = [counts[i] for i in state.phase_clients if alive[i]]
             await io.write({"p": min(live) if live else 1 << 62, "n": len(state.latencies_us)})
 
     async with trio.open_nursery() as conns, trio.open_nursery() as main:
@@ -297,10 +320,17 @@ async def worker_main() -> None:
                 break
             op = cmd["cmd"]
             if op == "connect":
-                results = await _connect_all(state, conns, cmd["url"], cmd["tokens"], cmd["concurrency"])
+                results = await _connect_all(
+                    state, conns, cmd["group"], cmd["url"], cmd["tokens"], cmd["concurrency"]
+                )
                 await io.write({"connected": sum(results), "failed": len(results) - sum(results)})
             elif op == "phase":
                 state.phase = cmd["phase"]
+                state.phase_clients = [
+                    i
+                    for i, (a, g) in enumerate(zip(state.alive, state.groups, strict=True))
+                    if a and g == cmd["group"]
+                ]
                 state.counts = [0] * len(state.counts)
                 state.latencies_us = array("q")
                 state.first_recv = state.last_recv = state.stale = 0
@@ -320,13 +350,13 @@ async def worker_main() -> None:
             elif op == "stats":
                 await io.write(_stats(state))
             elif op == "close":
-                state.closing.set()
-                with trio.move_on_after(30):
-                    while state.live:
+                group = cmd["group"]
+                state.closing_event(group).set()
+                with trio.move_on_after(60):
+                    while state.live_in(group):
                         await trio.sleep(0.05)
-                state.closing = trio.Event()
-                state.counts, state.alive = [], []
-                await io.write(_stats(state))
+                del state.closing[group]
+                await io.write({**_stats(state), "left_open": state.live_in(group)})
             else:
                 await io.write({"error": f"unknown command {op}"})
         main.cancel_scope.cancel()
@@ -382,7 +412,6 @@ class Worker:
 class Pool:
     def __init__(self, workers: list[Worker]) -> None:
         self.workers = workers
-        self.connected = 0
 
     async def each(self, make: Callable[[int], dict[str, Any]], timeout: float = 600) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [{} for _ in self.workers]
@@ -395,31 +424,36 @@ class Pool:
                 nursery.start_soon(one, i)
         return out
 
-    async def connect(self, url: str, tokens: list[str], concurrency: int = 32) -> int:
+    async def connect(self, group: str, url: str, tokens: list[str], concurrency: int = 32) -> int:
+        """Open one client per token (spread over the workers) into ``group``; all or an error."""
         k = len(self.workers)
         replies = await self.each(
-            lambda i: {"cmd": "connect", "url": url, "tokens": tokens[i::k], "concurrency": concurrency}
+            lambda i: {
+                "cmd": "connect",
+                "group": group,
+                "url": url,
+                "tokens": tokens[i::k],
+                "concurrency": concurrency,
+            }
         )
         ok = sum(r["connected"] for r in replies)
         failed = sum(r["failed"] for r in replies)
-        self.connected += ok
         if failed:
             stats = await self.stats()
             raise RuntimeError(f"{failed} of {len(tokens)} gateway clients failed: {stats['errors']}")
         return ok
 
-    async def close(self) -> dict[str, Any]:
-        replies = await self.each(lambda _: {"cmd": "close"}, timeout=60)
-        self.connected = 0
-        return merge_stats(replies)
+    async def close(self, group: str) -> dict[str, Any]:
+        replies = await self.each(lambda _: {"cmd": "close", "group": group}, timeout=90)
+        return {**merge_stats(replies), "left_open": sum(r["left_open"] for r in replies)}
 
     async def stats(self) -> dict[str, Any]:
         return merge_stats(await self.each(lambda _: {"cmd": "stats"}))
 
-    async def start_phase(self, phase: int) -> None:
+    async def start_phase(self, phase: int, group: str) -> None:
         for w in self.workers:
             w.progress_min, w.progress_n = 0, 0
-        await self.each(lambda _: {"cmd": "phase", "phase": phase})
+        await self.each(lambda _: {"cmd": "phase", "phase": phase, "group": group})
 
     def slowest(self) -> int:
         return min(w.progress_min for w in self.workers)
@@ -497,11 +531,13 @@ async def worker_pool(count: int) -> AsyncIterator[Pool]:
 
 
 class Sender:
-    async def send(self, content: str) -> bool:
-        raise NotImplementedError
+    """Sends one message; True once the server accepted it (201, or the publish ack)."""
 
     errors: int = 0
     first_error: str = ""
+
+    async def send(self, content: str) -> bool:
+        raise NotImplementedError
 
 
 class VoxSender(Sender):
@@ -550,17 +586,11 @@ class BareSender(Sender):
         with trio.move_on_after(30):
             await done.wait()
             return True
+        if done in self.waiting:
+            self.waiting.remove(done)
         self.errors += 1
         self.first_error = self.first_error or "no publish ack within 30 s"
         return False
-
-
-@dataclass
-class Target:
-    name: str  # "vox" or "ceiling"
-    pid: int
-    gateway: str
-    sender_factory: Callable[[int], contextlib.AbstractAsyncContextManager[Sender]]
 
 
 def process_busy(pid: int, seconds: float) -> float:
@@ -569,13 +599,15 @@ def process_busy(pid: int, seconds: float) -> float:
     return (cpu_seconds(pid) - before) / seconds
 
 
-async def settle(pid: int, limit_s: float = 120.0) -> float:
-    """Wait (bounded) until the server is idle again (e.g. after presence fan-out on connect)."""
+async def settle(pids: int | list[int], limit_s: float = 120.0) -> float:
+    """Wait (bounded) until every server in ``pids`` is idle again (under 5% of a core over
+    0.5 s), e.g. after the presence fan-out of many connects or disconnects."""
     start = time.monotonic()
-    while time.monotonic() - start < limit_s:
-        busy = await trio.to_thread.run_sync(process_busy, pid, 0.5)
-        if busy < 0.05:
-            break
+    for pid in [pids] if isinstance(pids, int) else pids:
+        while time.monotonic() - start < limit_s:
+            busy = await trio.to_thread.run_sync(process_busy, pid, 0.5)
+            if busy < 0.05:
+                break
     return time.monotonic() - start
 
 
@@ -584,6 +616,7 @@ async def run_phase(
     sender: Sender,
     pid: int,
     *,
+    group: str,
     phase: int,
     clients: int,
     seconds: float,
@@ -594,7 +627,7 @@ async def run_phase(
 ) -> dict[str, Any]:
     if on_start is not None:
         await on_start()
-    await pool.start_phase(phase)
+    await pool.start_phase(phase, group)
     padding = "x" * CONTENT_CHARS
     started = 0
     sent = 0
@@ -625,13 +658,13 @@ async def run_phase(
 
         async with trio.open_nursery() as nursery:
             tick = trio.current_time()
-            for _ in range(int(seconds * rate)):
+            for scheduled in range(int(seconds * rate)):
                 await trio.sleep_until(tick)
-                with trio.move_on_after(30):
-                    while started - pool.slowest() >= window:
-                        await trio.sleep(0.001)
+                while scheduled - pool.slowest() >= window and trio.current_time() < deadline:
+                    await trio.sleep(0.001)
+                if trio.current_time() >= deadline:
+                    break  # bounded in time: a server that fell behind sends fewer
                 nursery.start_soon(limited)
-                await trio.lowlevel.checkpoint()  # let it take its counter before the next check
                 tick = max(tick + 1 / rate, trio.current_time())
     else:
 
@@ -881,14 +914,33 @@ def summarize_profile(path: str, top: int = 15) -> dict[str, Any]:
 # -- the runs -------------------------------------------------------------------------------------
 
 
+def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated runs of one mode: the median of every figure, the range of the key ones."""
+    out: dict[str, Any] = {"mode": runs[0]["mode"], "repeats": len(runs)}
+    for key, value in runs[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = round(statistics.median(r[key] for r in runs), 4)
+    for key in ("deliveries_per_s", "sends_per_s", "p99_ms"):
+        out[f"{key}_range"] = [min(r[key] for r in runs), max(r[key] for r in runs)]
+    out["lost"] = sum(r["expected"] - r["deliveries"] for r in runs)
+    out["runs"] = runs
+    return out
+
+
 async def fanout_runs(args: argparse.Namespace, pool: Pool) -> dict[str, Any]:
+    """Both servers up side by side; for each N both client groups connected at once, and every
+    run alternates Vox, ceiling, Vox, ceiling... (--repeat times), so both see the same machine."""
     sizes: list[int] = args.sizes
     results: dict[str, Any] = {}
     env = {"VOX_RATE_LIMITS": RATE_LIMITS}
     phase_ids = iter(range(1, 1_000_000))
-    profile_size = args.profile_size or sizes[0]
+    profile_size = sizes[0] if args.profile_size is None else args.profile_size
+    targets = ("vox", "ceiling")
     with vox_server(env) as server, baseline_server() as (bare_proc, bare_gateway):
         log(f"vox pid {server.proc.pid} at {server.rest}; ceiling pid {bare_proc.pid}")
+        pid_of = {"vox": server.proc.pid, "ceiling": bare_proc.pid}
+        gateway_of = {"vox": server.gateway, "ceiling": bare_gateway}
+        pids = list(pid_of.values())
         async with httpx.AsyncClient(
             base_url=server.rest, timeout=60, limits=httpx.Limits(max_connections=64)
         ) as client:
@@ -903,22 +955,57 @@ async def fanout_runs(args: argparse.Namespace, pool: Pool) -> dict[str, Any]:
                 channels[n] = await make_guild(client, owner, members[:n], f"fanout {n}")
                 log(f"  guild for N={n}: {n} members joined")
             results["setup_s"] = round(time.monotonic() - t, 1)
+            profiled = False
+
+            async def one_run(target: str, n: int, rate: float | None) -> dict[str, Any]:
+                nonlocal profiled
+                await settle(pids, 60)
+                profile = None
+                if target == "vox" and rate is None and args.profile and n == profile_size and not profiled:
+                    profile, profiled = profiler_starter(args, pid_of[target]), True
+                if target == "vox":
+                    await refresh_stale(client, [owner])
+                    sender_cm: contextlib.AbstractAsyncContextManager[Sender] = contextlib.nullcontext(
+                        VoxSender(client, owner.access, channels[n] if n else channels[sizes[0]])
+                    )
+                else:
+                    sender_cm = bare_sender(bare_gateway)
+                async with sender_cm as sender:
+                    r = await run_phase(
+                        pool, sender, pid_of[target], group=f"{target}{n}", phase=next(phase_ids),
+                        clients=n, seconds=args.seconds, rate=rate, inflight=args.inflight,
+                        window=args.window, on_start=profile,
+                    )  # fmt: skip
+                label = f"N={n}" if n else "no listeners"
+                log(f"  {target} {label} {r['mode']}: {brief(r)}")
+                if r["disconnects"]:
+                    stats = await pool.stats()
+                    log(f"  !! disconnects: codes {stats['codes']} {stats['errors']}")
+                return r
+
+            # The cost of a send with nobody listening: HTTP (or the publish frame), auth, storage,
+            # publish. With it, each fast run's CPU per send splits into that plus N deliveries.
+            alone: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+            for _ in range(args.repeat):
+                for target in targets:
+                    alone[target].append(await one_run(target, 0, None))
+            results["send_only"] = {t: summarize_runs(alone[t]) for t in targets}
 
             for n in sizes:
                 row: dict[str, Any] = {}
-                for target in ("vox", "ceiling"):
-                    pid = server.proc.pid if target == "vox" else bare_proc.pid
-                    gateway = server.gateway if target == "vox" else bare_gateway
-                    t = time.monotonic()
+                for target in targets:
+                    pid = pid_of[target]
+                    await settle(pids, 60)
                     if target == "vox":
-                        await refresh_stale(client, [owner, *members[:n]])
+                        await refresh_stale(client, members[:n])
                         tokens = [m.access for m in members[:n]]
                     else:
                         tokens = ["-"] * n
+                    t = time.monotonic()
                     before, cpu_before = await pool.stats(), cpu_seconds(pid)
-                    await pool.connect(gateway, tokens, args.connect_concurrency)
+                    await pool.connect(f"{target}{n}", gateway_of[target], tokens, args.connect_concurrency)
                     connect_s = time.monotonic() - t
-                    settled = await settle(pid)
+                    settled = await settle(pid, 300)
                     after = await pool.stats()
                     events = Counter(after["other_events"])
                     events.subtract(before["other_events"])
@@ -930,43 +1017,35 @@ async def fanout_runs(args: argparse.Namespace, pool: Pool) -> dict[str, Any]:
                     }
                     log(
                         f"N={n} {target}: {n} clients identified in {connect_s:.1f} s (server CPU "
-                        f"{connect['server_cpu_s']} s, settled after {settled:.1f} s); RSS "
+                        f"{connect['server_cpu_s']} s until idle, {settled:.1f} s after); RSS "
                         f"{rss_kib(pid) / 1024:.0f} MiB; events meanwhile: {connect['events_received']}"
                     )
-                    runs = []
-                    sender_cm: contextlib.AbstractAsyncContextManager[Sender]
-                    if target == "vox":
-                        sender_cm = contextlib.nullcontext(VoxSender(client, owner.access, channels[n]))
-                    else:
-                        sender_cm = bare_sender(bare_gateway)
-                    async with sender_cm as sender:
-                        for rate in [*args.rates, None]:
-                            profile: Callable[[], Awaitable[None]] | None = None
-                            if rate is None and target == "vox" and args.profile and n == profile_size:
-                                profile = profiler_starter(args, pid)
-                            result = await run_phase(
-                                pool,
-                                sender,
-                                pid,
-                                phase=next(phase_ids),
-                                clients=n,
-                                seconds=args.seconds,
-                                rate=rate,
-                                inflight=args.inflight,
-                                window=args.window,
-                                on_start=profile,
-                            )
-                            runs.append(result)
-                            log(f"  {target} N={n} {result['mode']}: {brief(result)}")
-                            if result["disconnects"]:
-                                stats = await pool.stats()
-                                log(f"  !! disconnects: codes {stats['codes']} {stats['errors']}")
-                            await settle(pid, 30)
-                    closed = await pool.close()
-                    if closed["live"]:
-                        log(f"  !! {closed['live']} clients still open after close")
-                    row[target] = runs
-                    await settle(pid, 30)
+                runs: dict[str, dict[str, list[dict[str, Any]]]] = {t: {} for t in targets}
+                for _ in range(args.repeat):
+                    for rate in [*args.rates, None]:
+                        for target in targets:
+                            r = await one_run(target, n, rate)
+                            runs[target].setdefault(r["mode"], []).append(r)
+                for target in targets:
+                    row[target] = [summarize_runs(rs) for rs in runs[target].values()]
+                vox_fast, bare_fast = runs["vox"].get("fast", []), runs["ceiling"].get("fast", [])
+                row["fast_ratio_per_pair"] = [
+                    round(v["deliveries_per_s"] / b["deliveries_per_s"], 2)
+                    for v, b in zip(vox_fast, bare_fast, strict=True)
+                    if b["deliveries_per_s"]
+                ]
+                for target in targets:
+                    pid = pid_of[target]
+                    t, cpu_before = time.monotonic(), cpu_seconds(pid)
+                    closed = await pool.close(f"{target}{n}")
+                    if closed["left_open"]:
+                        log(f"  !! {closed['left_open']} clients still open after close")
+                    await settle(pid, 300)
+                    row[f"{target}_disconnect"] = gone = {
+                        "seconds_until_idle": round(time.monotonic() - t, 1),
+                        "server_cpu_s": round(cpu_seconds(pid) - cpu_before, 1),
+                    }
+                    log(f"  {target}: {n} clients closed; server CPU {gone['server_cpu_s']} s until idle")
                 results[f"N={n}"] = row
     return results
 
@@ -1004,28 +1083,36 @@ async def rss_runs(args: argparse.Namespace, pool: Pool) -> dict[str, Any]:
 
     async def measure(pid: int, gateway: str, tokens: list[str]) -> dict[str, Any]:
         # Warm-up: one-time costs (imports, caches, pools) are not per-connection costs.
-        await pool.connect(gateway, tokens[:20], args.connect_concurrency)
-        await pool.close()
+        group = f"rss-{pid}"
+        await pool.connect(group, gateway, tokens[:20], args.connect_concurrency)
+        await pool.close(group)
         await settle(pid, 30)
         await trio.sleep(1)
         rss0 = rss_kib(pid)
         out: dict[str, Any] = {"rss0_kib": rss0}
         have = 0
         for n in counts:
-            t = time.monotonic()
+            t, cpu_before = time.monotonic(), cpu_seconds(pid)
             await pool.connect(
-                gateway, [tokens[i % len(tokens)] for i in range(have, n)], args.connect_concurrency
+                group, gateway, [tokens[i % len(tokens)] for i in range(have, n)], args.connect_concurrency
             )
+            connect_s = time.monotonic() - t
+            cpu_ms = (cpu_seconds(pid) - cpu_before) / (n - have) * 1000
             have = n
             await settle(pid, 120)
             await trio.sleep(2)
             rss = rss_kib(pid)
-            out[str(n)] = {"rss_kib": rss, "kib_per_connection": round((rss - rss0) / n, 1)}
+            out[str(n)] = {
+                "rss_kib": rss,
+                "kib_per_connection": round((rss - rss0) / n, 1),
+                "connect_s": round(connect_s, 1),
+                "server_cpu_ms_per_connect": round(cpu_ms, 2),
+            }
             log(
-                f"  {n} idle connections in {time.monotonic() - t:.1f} s: RSS {rss / 1024:.1f} MiB, "
-                f"{(rss - rss0) / n:.1f} KiB per connection"
+                f"  {n} idle connections ({connect_s:.1f} s to connect, {cpu_ms:.1f} ms server CPU each): "
+                f"RSS {rss / 1024:.1f} MiB, {(rss - rss0) / n:.1f} KiB per connection"
             )
-        stats = await pool.close()
+        stats = await pool.close(group)
         out["disconnects"] = stats["disconnects"]
         return out
 
@@ -1076,28 +1163,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cost_model(fanout: dict[str, Any]) -> dict[str, Any]:
-    """Server CPU per send in the fast runs fitted as fixed + per_delivery * N (least squares over
-    the sizes run): what a send costs before fan-out, and what each delivery adds."""
+    """Server CPU per send in each fast run (medians) split into the send itself (measured with
+    nobody listening) and N deliveries: us per delivery = (CPU per send - CPU per send alone) / N."""
     model: dict[str, Any] = {}
     for target in ("vox", "ceiling"):
-        points = [
-            (int(key[2:]), r["cpu_ms_per_send"])
-            for key, row in fanout.items()
-            if key.startswith("N=")
-            for r in row.get(target, [])
-            if r["mode"] == "fast" and r["sends"]
-        ]
-        if len({n for n, _ in points}) < 2:
+        alone = fanout.get("send_only", {}).get(target)
+        if not alone or not alone["sends"]:
             continue
-        mean_n = sum(n for n, _ in points) / len(points)
-        mean_c = sum(c for _, c in points) / len(points)
-        slope = sum((n - mean_n) * (c - mean_c) for n, c in points) / sum(
-            (n - mean_n) ** 2 for n, _ in points
-        )
-        model[target] = {
-            "ms_per_send_fixed": round(mean_c - slope * mean_n, 2),
-            "us_per_delivery": round(slope * 1000, 1),
-        }
+        fixed = alone["cpu_ms_per_send"]
+        entry: dict[str, Any] = {"ms_per_send_no_listeners": fixed}
+        for key, row in fanout.items():
+            for r in row.get(target, []) if key.startswith("N=") else []:
+                if r["mode"] == "fast" and r["sends"]:
+                    per = (r["cpu_ms_per_send"] - fixed) / int(key[2:]) * 1000
+                    entry[f"us_per_delivery_{key}"] = round(per, 1)
+        model[target] = entry
     return model
 
 
@@ -1108,34 +1188,58 @@ def report(result: dict[str, Any]) -> None:
     lines: list[str] = []
     fanout = result.get("fanout", {})
     head = (
-        f"{'N':>5} {'server':<8} {'run':<13}{'sends/s':>9}{'deliv/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'CPU s/1k dlv':>13}{'CPU ms/send':>12}{'lost':>7}"
+        f"{'N':>5} {'server':<8} {'run':<11}{'sends/s':>9}{'deliv/s':>9}{'(min-max)':>14}{'p50 ms':>9}"
+        f"{'p99 ms':>9}{'(min-max)':>16}{'CPU s/1k dlv':>13}{'CPU ms/send':>12}{'lost':>6}"
     )
+
+    def line(n: str, target: str, r: dict[str, Any]) -> str:
+        d_lo, d_hi = r["deliveries_per_s_range"]
+        p_lo, p_hi = r["p99_ms_range"]
+        return (
+            f"{n:>5} {target:<8} {r['mode']:<11}{r['sends_per_s']:>9g}{r['deliveries_per_s']:>9.0f}"
+            f"{f'({d_lo:.0f}-{d_hi:.0f})':>14}{r['p50_ms']:>9g}{r['p99_ms']:>9g}"
+            f"{f'({p_lo:g}-{p_hi:g})':>16}{r['cpu_s_per_1000_deliveries']:>13g}{r['cpu_ms_per_send']:>12g}"
+            f"{r['lost']:>6}"
+        )
+
     if fanout:
-        lines += ["", "Gateway fan-out (same run, same client harness)", head]
+        repeats = next(iter(fanout.get("send_only", {}).values()), {}).get("repeats", 1)
+        lines += [
+            "",
+            f"Gateway fan-out: medians of {repeats} alternating runs per row, same client harness",
+            head,
+        ]
+        for target, r in fanout.get("send_only", {}).items():
+            lines.append(line("0", target, r))
         for key, row in fanout.items():
             if not key.startswith("N="):
                 continue
             n = key[2:]
             for target in ("vox", "ceiling"):
-                for r in row.get(target, []):
-                    lines.append(
-                        f"{n:>5} {target:<8} {r['mode']:<13}{r['sends_per_s']:>9}{r['deliveries_per_s']:>10}"
-                        f"{r['p50_ms']:>9}{r['p99_ms']:>9}{r['cpu_s_per_1000_deliveries']:>13}"
-                        f"{r['cpu_ms_per_send']:>12}{r['expected'] - r['deliveries']:>7}"
-                    )
+                lines += [line(n, target, r) for r in row.get(target, [])]
             vox_fast = next((r for r in row.get("vox", []) if r["mode"] == "fast"), None)
             bare_fast = next((r for r in row.get("ceiling", []) if r["mode"] == "fast"), None)
             if vox_fast and bare_fast and bare_fast["deliveries_per_s"]:
                 ratio = vox_fast["deliveries_per_s"] / bare_fast["deliveries_per_s"]
                 lines.append(
-                    f"{n:>5} vox/ceiling deliveries per second (fast): {ratio:.2f} (target >= 0.5 at N=100)"
+                    f"{n:>5} vox/ceiling deliveries/s, fast: {ratio:.2f} of the medians; per pair "
+                    f"{row.get('fast_ratio_per_pair')} (target >= 0.5 at N=100)"
                 )
+    if result.get("cost_model"):
+        lines.append("server CPU per send = with nobody listening + N x per delivery:")
     for target, m in result.get("cost_model", {}).items():
-        lines.append(
-            f"  {target}: server CPU per send ~ {m['ms_per_send_fixed']} ms + {m['us_per_delivery']} us x N "
-            "(fit over the fast runs)"
+        per = ", ".join(
+            f"{k.removeprefix('us_per_delivery_')}: {v} us" for k, v in m.items() if k.startswith("us_")
         )
+        lines.append(f"  {target:<8} {m['ms_per_send_no_listeners']} ms per send alone; per delivery {per}")
+    for key, row in fanout.items():
+        for target in ("vox", "ceiling") if key.startswith("N=") else ():
+            c, d = row.get(f"{target}_connect"), row.get(f"{target}_disconnect")
+            if c and d:
+                lines.append(
+                    f"  {key} {target}: connect {c['seconds']} s, server CPU {c['server_cpu_s']} s "
+                    f"(events to clients: {c['events_received']}); disconnect: {d['server_cpu_s']} s CPU"
+                )
     rss = result.get("rss")
     if rss:
         lines += ["", "RSS per idle identified gateway connection"]
@@ -1153,6 +1257,17 @@ def report(result: dict[str, Any]) -> None:
         lines += ["top frames by own time:"]
         lines += [f"  {pct:5.1f}%  {frame}" for frame, pct in prof.get("own", [])]
     print("\n".join(lines), file=sys.stderr)
+
+
+def finite(value: Any) -> Any:
+    """NaN (no deliveries, no sends) as null, so the JSON line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def parse_ints(text: str) -> list[int]:
@@ -1176,20 +1291,24 @@ def main() -> None:
     parser.add_argument("--rates", type=parse_floats, default=[10.0, 50.0], help="paced messages/s")
     parser.add_argument("--rss", type=parse_ints, default=[1000, 5000], help="idle connection counts")
     parser.add_argument("--rss-users", type=int, default=10, help="users behind the idle connections")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per mode (medians)")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--inflight", type=int, default=4, help="concurrent sends in the fast run")
     parser.add_argument("--window", type=int, default=128, help="max messages ahead of the slowest client")
     parser.add_argument("--register-concurrency", type=int, default=8)
     parser.add_argument("--connect-concurrency", type=int, default=32, help="per client process")
     parser.add_argument("--profile", default="", help="py-spy raw profile of the daemon's first fast run")
-    parser.add_argument("--profile-size", type=int, default=0, help="N to profile (default: the first)")
+    parser.add_argument(
+        "--profile-size", type=int, default=None, help="N to profile (default: the first; 0: no listeners)"
+    )
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.seconds, args.rates, args.rss, args.rss_users = [20], 2.0, [10.0], [200], 3
+        args.repeat = 1
     args.nofile = raise_nofile()
     result = trio.run(run, args)
-    print(json.dumps(result))
+    print(json.dumps(finite(result)))
     report(result)
 
 
