@@ -135,7 +135,9 @@ async def frame(ws: WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
     whatever a test is looking at; presence has its own tests)."""
     with trio.fail_after(timeout):
         while True:
-            data: dict[str, Any] = json.loads(await ws.get_message())
+            raw = await ws.get_message()
+            assert isinstance(raw, str), "gateway frames must be text frames"
+            data: dict[str, Any] = json.loads(raw)
             if data["type"] not in PRESENCE_EVENTS:
                 return data
 

@@ -62,7 +62,9 @@ def db_execute(daemon: Daemon, sql: str, params: tuple[Any, ...] = ()) -> None:
 
 async def next_frame(ws: WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
     with trio.fail_after(timeout):
-        frame: dict[str, Any] = json.loads(await ws.get_message())
+        raw = await ws.get_message()
+        assert isinstance(raw, str), "gateway frames must be text frames"
+        frame: dict[str, Any] = json.loads(raw)
         return frame
 
 

@@ -185,7 +185,8 @@ class GatewayConnection:
         async with self._recv:
             async for frame in self._recv:  # ends once run() closed the send side and it drained
                 try:
-                    await self.ws.send_message(frame)
+                    # The contract's frames are JSON *text*: trio-websocket sends bytes as binary.
+                    await self.ws.send_message(frame.decode() if isinstance(frame, bytes) else frame)
                 except ConnectionClosed as exc:
                     self.close_soon(_peer_code(exc), "")
                     return
