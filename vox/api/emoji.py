@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from typing import Any
 
 from quart import Blueprint, Response, request
 
 from vox.api import ctx
+from vox.api.files import blob_response
 from vox.api.guard import identity
-from vox.errors import APIError, BlobNotFound, NotFound
+from vox.errors import APIError
 from vox.services.emoji import read_emoji_form
 
 bp = Blueprint("emoji", __name__, url_prefix="/api/v1/guilds/<guild_id>/emoji")
@@ -61,26 +62,11 @@ async def delete_emoji(guild_id: str, emoji_id: str) -> Response:
 async def emoji_image(guild_id: str, emoji_id: str) -> Response:
     who = await identity()
     row = await ctx().emoji.image(who.user_id, guild_id, emoji_id)
-    try:
-        reader = await ctx().blobs.open_stream(row["storage_key"])
-    except BlobNotFound:
-        raise NotFound("emoji image not found") from None
-
-    async def body() -> AsyncIterator[bytes]:
-        async with reader:
-            async for chunk in reader:
-                yield chunk
-
     extension = row["storage_key"].rsplit(".", 1)[-1]
-    return Response(
-        body(),
+    return await blob_response(
+        row["storage_key"],
         content_type=row["mime_type"],
-        headers={
-            "Content-Length": str(reader.size),
-            "X-Content-Type-Options": "nosniff",
-            "Content-Disposition": f'inline; filename="{row["name"]}.{extension}"',
-            # An emoji's image never changes (a new upload is a new id), but membership can end.
-            "Cache-Control": "private, max-age=86400",
-            "Content-Security-Policy": "default-src 'none'; sandbox",
-        },
+        disposition=f'inline; filename="{row["name"]}.{extension}"',
+        # An emoji's image never changes (a new upload is a new id), but membership can end.
+        cache_seconds=86400,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
@@ -12,6 +11,7 @@ from quart import Blueprint, Response, request
 
 from vox.api import ctx
 from vox.api.bodies import json_body
+from vox.api.files import blob_response
 from vox.api.guard import identity
 from vox.errors import ValidationError
 from vox.services.ids import uuid7
@@ -107,28 +107,15 @@ _INLINE_PREFIXES = ("image/", "audio/", "video/")
 async def download_attachment(attachment_id: str) -> Response:
     who = await identity()
     row = await ctx().messages.attachment(who.user_id, attachment_id)
-    reader = await ctx().blobs.open_stream(row["storage_key"])
-
-    async def body() -> AsyncIterator[bytes]:
-        async with reader:
-            async for chunk in reader:
-                yield chunk
-
     mime = row["mime_type"]
     disposition = "inline" if mime.startswith(_INLINE_PREFIXES) else "attachment"
     quoted = urllib.parse.quote(row["filename"], safe="")
-    response = Response(
-        body(),
+    return await blob_response(
+        row["storage_key"],
         content_type=mime + ("; charset=utf-8" if mime.startswith("text/") else ""),
-        headers={
-            "Content-Length": str(reader.size),
-            "X-Content-Type-Options": "nosniff",
-            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quoted}",
-            "Cache-Control": "private, max-age=3600",
-            "Content-Security-Policy": "default-src 'none'; sandbox",
-        },
+        disposition=f"{disposition}; filename*=UTF-8''{quoted}",
+        cache_seconds=3600,
     )
-    return response
 
 
 @bp.patch("/messages/<message_id>")
