@@ -19,6 +19,7 @@ from vox.api.guard import identity
 from vox.errors import ValidationError
 from vox.protocol.permissions import ALL_PERMISSIONS
 from vox.services.invites import MAX_EXPIRES_IN_S, MAX_USES
+from vox.services.permissions import valid_id
 
 bp = Blueprint("guilds", __name__, url_prefix="/api/v1/guilds")
 
@@ -125,8 +126,8 @@ async def delete_guild(guild_id: str) -> Response:
     who = await identity()
     c = ctx()
     # Blob keys are read first: the database cascade removes the rows that name them.
-    keys = await c.store.messages.attachment_keys(guild_id=guild_id) if len(guild_id) <= 64 else []
-    keys += await c.store.emoji.storage_keys(guild_id) if len(guild_id) <= 64 else []
+    keys = await c.store.messages.attachment_keys(guild_id=guild_id) if valid_id(guild_id) else []
+    keys += await c.store.emoji.storage_keys(guild_id) if valid_id(guild_id) else []
     await c.guilds.delete(who.user_id, guild_id)
     await c.blobs.delete_many(keys)
     return no_content()

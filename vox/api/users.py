@@ -11,6 +11,7 @@ from vox.api import ctx
 from vox.api.bodies import json_body
 from vox.api.guard import identity
 from vox.errors import NotFound, ValidationError
+from vox.services.permissions import valid_id
 from vox.services.users import own_user, public_user
 
 bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
@@ -56,7 +57,7 @@ async def patch_me() -> dict[str, Any]:
 @bp.get("/<user_id>")
 async def get_user(user_id: str) -> dict[str, Any]:
     await identity()
-    row = await ctx().store.accounts.user_by_id(user_id) if len(user_id) <= 64 else None
+    row = await ctx().store.accounts.user_by_id(user_id) if valid_id(user_id) else None
     if row is None:
         raise NotFound("user not found")
     return public_user(row)
