@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 from vox.errors import IntegrityError, StorageError
 from vox.storage import migrations
 from vox.storage.base import Dialect, Params, Row
+from vox.threads import run_in_thread
 
 __all__ = ["PostgresConn", "PostgresEngine", "describe_url", "translate_placeholders"]
 
@@ -223,11 +224,11 @@ class PostgresEngine:
 
     async def read(self, fn: Callable[[PostgresConn], T]) -> T:
         self._check_open()
-        return await trio.to_thread.run_sync(self._run_sync, fn, True, limiter=self._limiter)
+        return await run_in_thread(self._run_sync, fn, True, limiter=self._limiter)
 
     async def write(self, fn: Callable[[PostgresConn], T]) -> T:
         self._check_open()
-        return await trio.to_thread.run_sync(self._run_sync, fn, False, limiter=self._limiter)
+        return await run_in_thread(self._run_sync, fn, False, limiter=self._limiter)
 
     def _run_sync(self, fn: Callable[[PostgresConn], T], read_only: bool) -> T:
         try:

@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ import trio
 from vox.errors import IntegrityError, StorageError
 from vox.storage import migrations
 from vox.storage.base import Dialect, Params, Row
+from vox.threads import run_in_thread
 
 __all__ = ["SQLiteConn", "SQLiteEngine", "split_script"]
 
@@ -220,6 +222,26 @@ def _connect(path: Path, *, busy_timeout_ms: int, query_only: bool) -> sqlite3.C
     return db
 
 
+def _switch_to_wal(db: sqlite3.Connection, path: Path, busy_timeout_ms: int) -> None:
+    # Switching the journal mode needs an exclusive lock, and SQLite answers SQLITE_BUSY at once
+    # (without calling the busy handler) while another process is opening the same new file. Daemons
+    # that start together race here, so the switch is retried until the busy timeout runs out.
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()
+            break
+        except sqlite3.OperationalError as exc:
+            transient = "locked" in str(exc) or "busy" in str(exc)
+            if not transient or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    if mode is None or str(next(iter(mode.values()))).lower() != "wal":
+        raise StorageError(f"sqlite: cannot switch {path} to WAL mode (got {mode})")
+
+
 class SQLiteEngine:
     """An Engine over one SQLite database file. Create with ``await SQLiteEngine.open(path)``."""
 
@@ -255,9 +277,7 @@ class SQLiteEngine:
             _prepare_path(path)
             writer = _connect(path, busy_timeout_ms=busy_timeout_ms, query_only=False)
             opened.append(writer)
-            mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode is None or str(next(iter(mode.values()))).lower() != "wal":
-                raise StorageError(f"sqlite: cannot switch {path} to WAL mode (got {mode})")
+            _switch_to_wal(writer, path, busy_timeout_ms)
             for _ in range(readers):
                 opened.append(_connect(path, busy_timeout_ms=busy_timeout_ms, query_only=True))
         except BaseException as exc:
@@ -276,11 +296,11 @@ class SQLiteEngine:
 
     async def read(self, fn: Callable[[SQLiteConn], T]) -> T:
         self._check_open()
-        return await trio.to_thread.run_sync(self._read_sync, fn, limiter=self._read_limiter)
+        return await run_in_thread(self._read_sync, fn, limiter=self._read_limiter)
 
     async def write(self, fn: Callable[[SQLiteConn], T]) -> T:
         self._check_open()
-        return await trio.to_thread.run_sync(self._write_sync, fn, limiter=self._write_limiter)
+        return await run_in_thread(self._write_sync, fn, limiter=self._write_limiter)
 
     def _read_sync(self, fn: Callable[[SQLiteConn], T]) -> T:
         db = self._idle_readers.get_nowait()
