@@ -44,6 +44,11 @@ def test_precedence_default_file_env_flag(tmp_path: Path) -> None:
         ('redis_url = "http://x"\n', {}, "redis_url"),
         ("shutdown_grace_s = -1\n", {}, "shutdown_grace_s"),
         ("bogus_key = 1\n", {}, "bogus_key"),
+        ('ice_servers = "http://stun.example.org"\n', {}, "ice_servers"),
+        ('voice_public_ip = "example.org"\n', {}, "voice_public_ip"),
+        ('voice_udp_ports = "5000-4000"\n', {}, "voice_udp_ports"),
+        ("", {"VOX_VOICE_HOST_ADDRESSES": "127.0.0.1,nope"}, "voice_host_addresses"),
+        ("voice_room_limit = 0\n", {}, "voice_room_limit"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:

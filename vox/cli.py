@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -17,6 +18,11 @@ from vox import logs
 from vox.errors import ConfigError, VoxError
 
 log = logging.getLogger("vox.cli")
+
+# Generation-0 collections at CPython's default threshold (700) fire every few hundred allocations;
+# fanning one event out to many connections allocates a few objects per delivery, so under load
+# the collector ran most of the time (an A/B run halved CPU per delivery with this raised).
+GC_THRESHOLDS = (50_000, 20, 100)
 
 EXIT_CONFIG = 2
 
@@ -59,9 +65,18 @@ async def _serve(config: config_mod.Config) -> None:
         await nursery.start(on_signals)
         async with trio.open_nursery() as daemon:
             addresses = await daemon.start(run_daemon, config, stop)
+            _tune_gc()
             print(addresses.ready_line(), flush=True)
         # The daemon drained and returned; only the signal watcher is left.
         nursery.cancel_scope.cancel()
+
+
+def _tune_gc() -> None:
+    """Once started: freeze what startup built (modules, routes, config live for the whole run,
+    so no collection needs to scan them again) and collect young objects less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vox: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logs.configure(config.log_level, config.log_format)
+    writer = logs.configure(config.log_level, config.log_format)
     status = 0
     try:
         trio.run(_serve, config)
@@ -96,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except* VoxError as group:
         log.error("fatal: %s", group.exceptions[0])
         status = 1
+    finally:
+        writer.stop()
     return status
 
 

@@ -8,6 +8,7 @@ fails start-up with ``ConfigError`` naming the key (the CLI turns it into exit c
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -51,6 +52,8 @@ class Config:
     argon2_parallelism: int = 1
     rate_limits: str = ""
     max_guilds: int = 0  # 0: unlimited
+    max_one_time_keys: int = 100
+    call_ring_timeout_s: float = 90.0
     s3_bucket: str = ""  # empty: blobs under data_dir/blobs
     s3_endpoint_url: str = ""
     s3_region: str = ""
@@ -60,6 +63,14 @@ class Config:
     s3_prefix: str = ""
     s3_path_style: bool = False
     s3_create_bucket: bool = False
+    voice_room_limit: int = 99
+    voice_close_timeout_s: float = 2.0
+    ice_servers: str = ""  # empty: host candidates only, no STUN/TURN contacted
+    ice_username: str = ""
+    ice_credential: str = dataclasses.field(default="", repr=False)
+    voice_public_ip: str = ""
+    voice_udp_ports: str = ""
+    voice_host_addresses: str = ""
 
     @property
     def resolved_database_url(self) -> str:
@@ -143,6 +154,39 @@ def _s3_prefix(value: str) -> str | None:
     return "must use letters, digits and _ . / - and not start with / or ."
 
 
+def _ice_servers(value: str) -> str | None:
+    for url in value.replace(",", " ").split():
+        if not re.match(r"^(stuns?|turns?):[^\s]+$", url):
+            return f"{url!r} is not a stun:/stuns:/turn:/turns: URL"
+    return None
+
+
+def _ip_or_empty(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "must be an IP address"
+    return None
+
+
+def _ip_list(value: str) -> str | None:
+    for item in value.replace(",", " ").split():
+        if _ip_or_empty(item) is not None:
+            return f"{item!r} is not an IP address"
+    return None
+
+
+def _port_range(value: str) -> str | None:
+    if not value:
+        return None
+    found = re.fullmatch(r"(\d+)-(\d+)", value)
+    if found is None or not 1 <= int(found[1]) <= int(found[2]) <= 65535:
+        return 'must be "min-max" with 1 <= min <= max <= 65535'
+    return None
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -208,7 +252,7 @@ FIELDS: tuple[Field, ...] = (
         "rate_limits",
         str,
         'Override rate limits, "CLASS=COUNT/SECONDS,..." (classes: auth, login_failures, mfa, api, '
-        "gateway_identify).",
+        "gateway_identify, typing, presence, key_claim, mls_relay).",
         _rate_limits,
     ),
     Field(
@@ -216,6 +260,18 @@ FIELDS: tuple[Field, ...] = (
         int,
         "Most guilds (communities) this server holds; 0 = unlimited, 1 = a single-community server.",
         _at_least(0),
+    ),
+    Field(
+        "max_one_time_keys",
+        int,
+        "Most unclaimed E2EE one-time keys one device may hold (an upload beyond it is refused).",
+        _at_least(1),
+    ),
+    Field(
+        "call_ring_timeout_s",
+        float,
+        "Seconds a DM call rings before it ends unanswered (call_ended, reason timeout).",
+        _positive,
     ),
     Field(
         "s3_bucket",
@@ -251,6 +307,43 @@ FIELDS: tuple[Field, ...] = (
         "s3_create_bucket",
         bool,
         "Create s3_bucket at start when missing (otherwise a missing bucket fails start-up).",
+    ),
+    Field("voice_room_limit", int, "Most participants in one voice channel.", _at_least(1)),
+    Field(
+        "voice_close_timeout_s",
+        float,
+        "Seconds a WebRTC peer gets to close; one that does not is abandoned and counted.",
+        _positive,
+    ),
+    Field(
+        "ice_servers",
+        str,
+        'STUN/TURN URLs for the SFU, comma-separated, e.g. "stun:stun.example.org:3478"; empty: host '
+        "candidates only (no server is contacted).",
+        _ice_servers,
+    ),
+    Field("ice_username", str, "TURN username (for every URL of ice_servers)."),
+    Field("ice_credential", str, "TURN credential; never logged. Prefer VOX_ICE_CREDENTIAL."),
+    Field(
+        "voice_public_ip",
+        str,
+        "Public IPv4 of a daemon behind a 1:1 NAT: every host candidate is also offered with this "
+        "address (same port).",
+        _ip_or_empty,
+    ),
+    Field(
+        "voice_udp_ports",
+        str,
+        'UDP port range "min-max" for WebRTC media. Not enforced yet (aioice picks ephemeral ports); '
+        "a warning is logged when set.",
+        _port_range,
+    ),
+    Field(
+        "voice_host_addresses",
+        str,
+        "Comma-separated local addresses to gather WebRTC host candidates on; empty: every "
+        "non-loopback interface (aioice's default). 127.0.0.1 for loopback-only setups.",
+        _ip_list,
     ),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}

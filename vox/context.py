@@ -13,17 +13,21 @@ from vox.ephemeral import Ephemeral
 from vox.metrics import Metrics
 from vox.pubsub import Broker
 from vox.services.auth import AuthService
+from vox.services.calls import CallService
 from vox.services.dms import DmService
 from vox.services.emoji import EmojiService
 from vox.services.friends import FriendService
 from vox.services.guilds import GuildService
 from vox.services.invites import InviteService
+from vox.services.keys import KeyService
 from vox.services.messages import MessageService
+from vox.services.mls import MlsRelay
 from vox.services.moderation import ModerationService
 from vox.services.permissions import PermissionService
 from vox.services.presence import PresenceService
 from vox.services.ratelimit import RateLimiter
 from vox.services.roles import RoleService
+from vox.services.voice import VoiceService
 from vox.storage import Store
 
 
@@ -62,7 +66,8 @@ def _host(host: str) -> str:
 @dataclass
 class Context:
     config: Config
-    keys: ServerKeys
+    # The JWT signing key and server secret (datadir); ``keys`` is the E2EE key service.
+    server_keys: ServerKeys
     store: Store
     broker: Broker
     blobs: BlobStore
@@ -76,10 +81,15 @@ class Context:
     invites: InviteService
     messages: MessageService
     dms: DmService
+    calls: CallService
     friends: FriendService
     emoji: EmojiService
     presence: PresenceService
+    keys: KeyService
+    mls: MlsRelay
     metrics: Metrics = field(default_factory=Metrics)
     # Set when shutdown starts: listeners stop accepting, connections are told to go away.
     draining: trio.Event = field(default_factory=trio.Event)
     addresses: Addresses | None = None
+    # The WebRTC SFU (vox.services.voice), opened by the root nursery after the services.
+    voice: VoiceService | None = None

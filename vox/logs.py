@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Any
@@ -51,12 +53,37 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(obj, default=str)
 
 
-def configure(level: str, fmt: str) -> None:
-    """Send Vox's logs to stderr (stdout carries only the ready line)."""
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the writer thread with only the message rendered here: formatting a
+    line and writing it to stderr (a syscall per line) stay off the event loop."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # Arguments may be mutated after the call returns; the message is fixed now.
+        record.msg = record.getMessage()
+        record.args = None
+        return record
+
+
+class LogWriter:
+    """The thread that formats and writes log lines; ``stop`` flushes what is queued."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        self.queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self._listener = logging.handlers.QueueListener(self.queue, handler, respect_handler_level=True)
+        self._listener.start()
+
+    def stop(self) -> None:
+        self._listener.stop()
+
+
+def configure(level: str, fmt: str) -> LogWriter:
+    """Send Vox's logs to stderr (stdout carries only the ready line), written by a thread."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    writer = LogWriter(handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Enqueue(writer.queue)]
     root.setLevel(_LEVELS.get(level, logging.INFO))
     # hypercorn logs its own "Running on" lines; Vox reports binds itself.
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+    return writer

@@ -35,6 +35,22 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.voice_abandoned_peers = Counter(
+            "vox_voice_abandoned_peers_total",
+            "WebRTC peer connections that did not close within voice_close_timeout_s and were abandoned.",
+            registry=self.registry,
+        )
+        self.voice_peers = Gauge("vox_voice_peers", "WebRTC peers in voice rooms.", registry=self.registry)
+        self.voice_loop_tasks = Gauge(
+            "vox_voice_asyncio_tasks",
+            "asyncio tasks alive on the SFU's trio_asyncio loop.",
+            registry=self.registry,
+        )
+        self.voice_forwarded = Gauge(
+            "vox_voice_forwarded_frames",
+            "Encoded media frames handed to outbound WebRTC tracks since start (one per receiver).",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -75,7 +75,8 @@ async def test_member_receives_every_mutation_outsider_nothing(gd: Daemon) -> No
 
             await api.ok(owner, "PATCH", f"/guilds/{gid}", {"name": "Renamed"})
             d = await s.expect(ws, "guild_update", lambda d: d["name"] == "Renamed")
-            assert d["id"] == gid and set(d) == {"id", "name", "owner_id", "icon", "created_at"}
+            assert d["id"] == gid
+            assert set(d) == {"id", "name", "owner_id", "icon", "security_settings", "created_at"}
 
             channel = await api.channel(owner, gid, "news")
             assert await s.expect(ws, "channel_create") == channel

@@ -41,7 +41,7 @@ async def test_create_guild_has_defaults(gd: Daemon) -> None:
         }
         assert view["categories"] == []
 
-        guild = {k: view[k] for k in ("id", "name", "owner_id", "icon", "created_at")}
+        guild = {k: view[k] for k in ("id", "name", "owner_id", "icon", "security_settings", "created_at")}
         assert await api.ok(owner, "GET", "/guilds") == [guild]
         assert await api.ok(owner, "GET", f"/guilds/{view['id']}") == view
         members = await api.ok(owner, "GET", f"/guilds/{view['id']}/members")
@@ -394,8 +394,50 @@ async def test_bad_input_is_400_and_writes_nothing(gd: Daemon) -> None:
         assert_status(text, 415, "unsupported_media_type")
         # nothing was written
         assert await api.ok(owner, "GET", "/guilds") == [
-            {k: view[k] for k in ("id", "name", "owner_id", "icon", "created_at")}
+            {k: view[k] for k in ("id", "name", "owner_id", "icon", "security_settings", "created_at")}
         ]
         assert await api.ok(owner, "GET", f"/guilds/{gid}") == view
         assert await api.ok(owner, "GET", f"/guilds/{gid}/invites") == []
         assert await api.ok(owner, "GET", f"/channels/{general}/overrides") == []
+
+
+async def test_member_list_pages(gd: Daemon) -> None:
+    async with gd.http() as client:
+        api = Api(client)
+        owner = await api.user("owner")
+        guild = await api.guild(owner)
+        gid = guild["id"]
+        others = [await api.user(f"member{i}") for i in range(4)]
+        for user in others:
+            await api.join(owner, user, gid)
+        role = await api.ok(owner, "POST", f"/guilds/{gid}/roles", {"name": "crew", "permissions": 0}, 201)
+        await api.ok(owner, "PUT", f"/guilds/{gid}/members/{others[2].id}/roles/{role['id']}", status=204)
+
+        everyone = await api.ok(owner, "GET", f"/guilds/{gid}/members")
+        assert [m["user"]["id"] for m in everyone] == [owner.id, *(u.id for u in others)]  # join order
+        pages: list[dict[str, Any]] = []
+        after = None
+        while True:
+            query = f"?limit=2&after={after}" if after else "?limit=2"
+            page = await api.ok(owner, "GET", f"/guilds/{gid}/members{query}")
+            assert len(page) <= 2
+            if not page:
+                break
+            pages += page
+            after = page[-1]["user"]["id"]
+        assert pages == everyone  # same rows, roles included, nothing repeated or skipped
+        assert next(m for m in pages if m["user"]["id"] == others[2].id)["roles"] == [role["id"]]
+
+        for query, field in (("?limit=0", "limit"), ("?limit=1001", "limit"), ("?limit=x", "limit")):
+            error = assert_status(
+                await api.call(owner, "GET", f"/guilds/{gid}/members{query}"), 400, "validation_error"
+            )
+            assert field in error["fields"]
+        stranger = await api.user("stranger")
+        for after in ("not-an-id", stranger.id):
+            error = assert_status(
+                await api.call(owner, "GET", f"/guilds/{gid}/members?after={after}"), 400, "validation_error"
+            )
+            assert "after" in error["fields"]
+        # Paging never lets a non-member read the list.
+        assert_status(await api.call(stranger, "GET", f"/guilds/{gid}/members?limit=1"), 404, "not_found")

@@ -30,6 +30,12 @@ async def _hide_from_everyone(api: Api, owner: User, guild_id: str, channel_id: 
     )
 
 
+async def _allow_encrypted(api: Api, owner: User, guild_id: str) -> None:
+    """Guilds refuse encrypted messages until their security settings allow them."""
+    body = {"security_settings": {"allow_encrypted_messages": True}}
+    await api.ok(owner, "PATCH", f"/guilds/{guild_id}", body)
+
+
 async def _setup(api: Api) -> tuple[User, User, dict[str, Any], str]:
     owner = await api.user("owner")
     member = await api.user("member")
@@ -163,7 +169,7 @@ async def test_permissions_hidden_channel_and_timeouts(gd: Daemon) -> None:
 async def test_mentions(gd: Daemon) -> None:
     async with gd.http() as client:
         api = Api(client)
-        owner, member, _, channel = await _setup(api)
+        owner, member, guild, channel = await _setup(api)
         plain = await api.ok(
             member, "POST", f"/channels/{channel}/messages", {"content": f"@everyone hey <@{owner.id}>"}, 201
         )
@@ -172,6 +178,7 @@ async def test_mentions(gd: Daemon) -> None:
         assert loud["mention_type"] == "everyone"
         here = await api.ok(owner, "POST", f"/channels/{channel}/messages", {"content": "@here hey"}, 201)
         assert here["mention_type"] == "here"
+        await _allow_encrypted(api, owner, guild["id"])
         secret = await api.ok(
             member,
             "POST",
@@ -219,6 +226,7 @@ async def test_search_respects_permissions(gd: Daemon) -> None:
             member, "POST", f"/channels/{channel}/messages", {"content": "a fox that vanished"}, 201
         )
         await api.ok(member, "DELETE", f"/messages/{gone['id']}", status=204)
+        await _allow_encrypted(api, owner, gid)
         await api.ok(
             member,
             "POST",
@@ -414,7 +422,7 @@ async def test_message_routes_need_auth(gd: Daemon) -> None:
 async def test_deleting_a_channel_or_guild_removes_its_files(gd: Daemon) -> None:
     async with gd.http() as client:
         api = Api(client)
-        owner, _, guild, channel = await _setup(api)
+        owner, member, guild, channel = await _setup(api)
         other = await api.channel(owner, guild["id"], "other")
         for target in (channel, other["id"]):
             response = await client.post(
@@ -428,6 +436,10 @@ async def test_deleting_a_channel_or_guild_removes_its_files(gd: Daemon) -> None
         def files() -> list[Any]:
             return [p for p in blobs.rglob("*") if p.is_file()]
 
+        assert len(files()) == 2
+        # Refused deletions remove nothing.
+        assert (await api.call(member, "DELETE", f"/channels/{other['id']}")).status_code == 403
+        assert (await api.call(member, "DELETE", f"/guilds/{guild['id']}")).status_code == 403
         assert len(files()) == 2
         await api.ok(owner, "DELETE", f"/channels/{other['id']}", status=204)
         assert len(files()) == 1

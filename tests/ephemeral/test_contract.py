@@ -222,3 +222,83 @@ async def test_incr_counts_atomically_and_expires(ephemeral: Ephemeral) -> None:
     await ephemeral.incr("short", 5, 0.2)
     await trio.sleep(0.35)
     assert await ephemeral.incr("short", 1, 10) == 1
+
+
+async def test_stream_appends_in_order_and_reads_back(ephemeral: Ephemeral) -> None:
+    assert await ephemeral.read("log") == []
+    first = await ephemeral.append("log", b"one", 10, after="")
+    assert first is not None
+    second = await ephemeral.append("log", b"\x00two", 10, after=first)
+    assert second is not None and second != first
+    entries = await ephemeral.read("log")
+    assert [(e.id, e.data) for e in entries] == [(first, b"one"), (second, b"\x00two")]
+    assert await ephemeral.read("other") == []
+
+
+async def test_stream_append_refuses_a_stale_last_id(ephemeral: Ephemeral) -> None:
+    first = await ephemeral.append("log", b"one", 10, after="")
+    assert first is not None
+    assert await ephemeral.append("log", b"again", 10, after="") is None  # not empty any more
+    second = await ephemeral.append("log", b"two", 10, after=first)
+    assert second is not None
+    assert await ephemeral.append("log", b"late", 10, after=first) is None  # read before "two"
+    assert [e.data for e in await ephemeral.read("log")] == [b"one", b"two"]
+
+
+async def test_stream_append_has_one_winner_among_concurrent_callers(ephemeral: Ephemeral) -> None:
+    base = await ephemeral.append("log", b"start", 10, after="")
+    assert base is not None
+    winners: list[int] = []
+
+    async def append(i: int) -> None:
+        if await ephemeral.append("log", str(i).encode(), 10, after=base) is not None:
+            winners.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(50):
+            nursery.start_soon(append, i)
+    assert len(winners) == 1
+    assert [e.data for e in await ephemeral.read("log")] == [b"start", str(winners[0]).encode()]
+
+
+async def test_stream_expires_and_each_append_renews_the_ttl(ephemeral: Ephemeral) -> None:
+    first = await ephemeral.append("log", b"one", 0.3, after="")
+    assert first is not None
+    await trio.sleep(0.2)
+    assert await ephemeral.append("log", b"two", 0.3, after=first) is not None
+    await trio.sleep(0.2)
+    assert len(await ephemeral.read("log")) == 2  # renewed by the second append
+    await trio.sleep(0.3)
+    assert await ephemeral.read("log") == []
+    assert await ephemeral.append("log", b"fresh", 10, after="") is not None
+
+
+async def test_stream_is_trimmed_to_about_max_len_never_fewer(ephemeral: Ephemeral) -> None:
+    last = ""
+    for i in range(300):
+        appended = await ephemeral.append("log", str(i).encode(), 10, after=last, max_len=100)
+        assert appended is not None
+        last = appended
+    data = [e.data for e in await ephemeral.read("log")]
+    assert 100 <= len(data) < 300
+    assert data[-100:] == [str(i).encode() for i in range(200, 300)]
+
+
+async def test_streams_values_and_buckets_with_one_key_do_not_collide_and_delete_clears_all(
+    ephemeral: Ephemeral,
+) -> None:
+    await ephemeral.set("shared", b"v", 10)
+    assert await ephemeral.append("shared", b"entry", 10, after="") is not None
+    assert await ephemeral.get("shared") == b"v"
+    assert [e.data for e in await ephemeral.read("shared")] == [b"entry"]
+    await ephemeral.delete("shared")
+    assert await ephemeral.get("shared") is None
+    assert await ephemeral.read("shared") == []
+
+
+@pytest.mark.parametrize("ttl_s", [0, -1, float("nan"), float("inf")])
+async def test_append_rejects_impossible_ttls(ephemeral: Ephemeral, ttl_s: float) -> None:
+    with pytest.raises(ValueError):
+        await ephemeral.append("log", b"v", ttl_s, after="")
+    with pytest.raises(ValueError):
+        await ephemeral.append("log", b"v", 10, after="", max_len=0)

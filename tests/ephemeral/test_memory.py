@@ -110,3 +110,18 @@ async def test_a_hot_key_does_not_grow_the_expiry_heap(clock: FakeClock) -> None
 async def test_max_keys_must_be_positive() -> None:
     with pytest.raises(ValueError):
         MemoryEphemeral(max_keys=0)
+
+
+async def test_streams_expire_exactly_are_swept_and_never_reuse_an_id(clock: FakeClock) -> None:
+    store = MemoryEphemeral(clock=clock)
+    first = await store.append("log", b"a", 5, after="")
+    assert first is not None
+    clock.now += 5
+    assert await store.read("log") == []
+    # A new stream under the same key: the stale id read before expiry does not match it.
+    again = await store.append("log", b"b", 5, after="")
+    assert again is not None and again != first
+    assert await store.append("log", b"c", 5, after=first) is None
+    clock.now += 10
+    await store.set("other", b"v", 1)  # a write sweeps the expired stream
+    assert len(store) == 1

@@ -5,19 +5,21 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from vox.nurseries.session import REPLAY_EVENTS, GatewaySession
+from vox.nurseries.session import REPLAY_EVENTS, GatewaySession, SessionRegistry
 from vox.protocol.gateway import encode_event, envelope
 from vox.pubsub import Message
 from vox.services.auth import Identity
 
 
 def _session() -> GatewaySession:
-    return GatewaySession(cast(Any, None), Identity("u", "s"), cast(Any, None))
+    return GatewaySession(
+        cast(Any, None), Identity("u", "s"), SessionRegistry(cast(Any, None), cast(Any, None))
+    )
 
 
 def test_replay_returns_exactly_the_missed_frames() -> None:
     session = _session()
-    sent: list[bytes] = []
+    sent: list[str] = []
     session.attach(sent.append, lambda code, reason: None)
     for i in range(5):
         session.emit(encode_event("message_new", {"n": i}))

@@ -273,3 +273,71 @@ async def test_subscribe_context_releases_topics_and_rejects_a_bare_string() -> 
 def test_buffer_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Fanout(0)
+
+
+async def test_inline_handler_takes_messages_and_declined_ones_keep_their_order() -> None:
+    fanout = Fanout(8)
+    sub = fanout.open_subscription()
+    await sub.add("t")
+    inline: list[bytes] = []
+    busy = False
+
+    def handler(message: Message) -> bool:
+        if busy or message.payload.startswith(b"_"):
+            return False
+        inline.append(message.payload)
+        return True
+
+    sub.set_inline(handler)
+    fanout.deliver(Message("t", b"a"))
+    assert inline == [b"a"] and sub.buffered == 0  # taken at publish time, never buffered
+    fanout.deliver(Message("t", b"_internal"))
+    fanout.deliver(Message("t", b"b"))  # declined by the fan-out: something is buffered ahead of it
+    assert inline == [b"a"] and sub.buffered == 2
+    busy = True  # the owner is handling "_internal"
+    assert (await sub.__anext__()).payload == b"_internal"
+    fanout.deliver(Message("t", b"c"))  # still behind "b"
+    assert (await sub.__anext__()).payload == b"b"
+    assert (await sub.__anext__()).payload == b"c"
+    busy = False
+    fanout.deliver(Message("t", b"d"))
+    assert inline == [b"a", b"d"] and sub.buffered == 0
+
+
+async def test_a_failing_inline_handler_buffers_the_message_for_its_owner() -> None:
+    fanout = Fanout(8)
+    sub = fanout.open_subscription()
+    await sub.add("t")
+
+    def handler(message: Message) -> bool:
+        raise RuntimeError("bug in one subscriber")
+
+    sub.set_inline(handler)
+    fanout.deliver(Message("t", b"x"))  # the publisher is not hurt
+    assert (await sub.__anext__()).payload == b"x"
+
+
+async def test_next_pops_only_after_its_checkpoint() -> None:
+    """A message popped by the iterator must not be overtaken by one handled inline while the
+    iterator yields: the pop happens after the checkpoint, right before returning. trio shuffles
+    run order, so the race is tried many times."""
+    for _ in range(20):
+        fanout = Fanout(8)
+        sub = fanout.open_subscription()
+        await sub.add("t")
+        order: list[bytes] = []
+        sub.set_inline(lambda m, order=order: order.append(m.payload) is None)
+        sub._buffer.append(Message("t", b"first"))  # buffered earlier (e.g. behind an internal event)
+        async with trio.open_nursery() as nursery:
+
+            async def take(sub: LocalSubscription = sub, order: list[bytes] = order) -> None:
+                order.append((await sub.__anext__()).payload)
+
+            nursery.start_soon(take)
+            # take() is now between its checkpoint and its pop (or already past both): either
+            # way the message published now must come after "first".
+            await trio.lowlevel.checkpoint()
+            fanout.deliver(Message("t", b"second"))
+        if sub.buffered:
+            order.append((await sub.__anext__()).payload)
+        assert order == [b"first", b"second"]

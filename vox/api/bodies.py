@@ -68,3 +68,17 @@ async def json_body(model: type[T]) -> T:
     if not raw.strip():
         raw = b"{}"
     return decode(raw, model)
+
+
+def query_limit(default: int, maximum: int) -> int:
+    """The ``limit`` query parameter: ``default`` when absent, 400 unless 1..``maximum``."""
+    raw = request.args.get("limit")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError("limit must be an integer", {"limit": f"1..{maximum}"}) from None
+    if not 1 <= value <= maximum:
+        raise ValidationError("limit out of range", {"limit": f"1..{maximum}"})
+    return value

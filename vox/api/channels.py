@@ -15,7 +15,6 @@ from vox.api import ctx
 from vox.api.bodies import json_body
 from vox.api.guard import identity
 from vox.api.guilds import Bits, Id, Name, Position, changes_of, no_content
-from vox.services.permissions import valid_id
 
 bp = Blueprint("channels", __name__, url_prefix="/api/v1/channels")
 
@@ -44,9 +43,7 @@ async def patch_channel(channel_id: str) -> dict[str, Any]:
 async def delete_channel(channel_id: str) -> Response:
     who = await identity()
     c = ctx()
-    keys = await c.store.messages.attachment_keys(channel_id=channel_id) if valid_id(channel_id) else []
-    await c.guilds.delete_channel(who.user_id, channel_id)
-    await c.blobs.delete_many(keys)
+    await c.blobs.delete_many(await c.guilds.delete_channel(who.user_id, channel_id))
     return no_content()
 
 

@@ -14,12 +14,12 @@ import msgspec
 from quart import Blueprint, Response, request
 
 from vox.api import ctx
-from vox.api.bodies import json_body
+from vox.api.bodies import json_body, query_limit
 from vox.api.guard import identity
 from vox.errors import ValidationError
 from vox.protocol.permissions import ALL_PERMISSIONS
+from vox.services.guilds import MEMBERS_PAGE
 from vox.services.invites import MAX_EXPIRES_IN_S, MAX_USES
-from vox.services.permissions import valid_id
 
 bp = Blueprint("guilds", __name__, url_prefix="/api/v1/guilds")
 
@@ -38,9 +38,16 @@ class GuildCreate(msgspec.Struct):
     name: Name
 
 
+class SecuritySettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
+    # Unknown settings are refused (400), unlike unknown body fields: a misspelt security
+    # setting silently ignored would leave the guild less protected than its manager believes.
+    allow_encrypted_messages: bool | msgspec.UnsetType = _UNSET
+
+
 class GuildPatch(msgspec.Struct):
     name: Name | msgspec.UnsetType = _UNSET
     icon: Icon | msgspec.UnsetType | None = _UNSET
+    security_settings: SecuritySettingsPatch | msgspec.UnsetType = _UNSET
 
 
 class ChannelCreate(msgspec.Struct):
@@ -118,18 +125,17 @@ async def get_guild(guild_id: str) -> dict[str, Any]:
 async def patch_guild(guild_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(GuildPatch)
-    return await ctx().guilds.update(who.user_id, guild_id, changes_of(body))
+    changes = changes_of(body)
+    if "security_settings" in changes:
+        changes["security_settings"] = changes_of(changes["security_settings"])
+    return await ctx().guilds.update(who.user_id, guild_id, changes)
 
 
 @bp.delete("/<guild_id>")
 async def delete_guild(guild_id: str) -> Response:
     who = await identity()
     c = ctx()
-    # Blob keys are read first: the database cascade removes the rows that name them.
-    keys = await c.store.messages.attachment_keys(guild_id=guild_id) if valid_id(guild_id) else []
-    keys += await c.store.emoji.storage_keys(guild_id) if valid_id(guild_id) else []
-    await c.guilds.delete(who.user_id, guild_id)
-    await c.blobs.delete_many(keys)
+    await c.blobs.delete_many(await c.guilds.delete(who.user_id, guild_id))
     return no_content()
 
 
@@ -137,7 +143,8 @@ async def delete_guild(guild_id: str) -> Response:
 @bp.get("/<guild_id>/members")
 async def members(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
-    return await ctx().guilds.members(who.user_id, guild_id)
+    limit = query_limit(MEMBERS_PAGE, MEMBERS_PAGE)
+    return await ctx().guilds.members(who.user_id, guild_id, after=request.args.get("after"), limit=limit)
 
 
 @bp.get("/<guild_id>/members/<user_id>")

@@ -10,7 +10,7 @@ import msgspec
 from quart import Blueprint, Response, request
 
 from vox.api import ctx
-from vox.api.bodies import json_body
+from vox.api.bodies import json_body, query_limit
 from vox.api.files import blob_response
 from vox.api.guard import identity
 from vox.errors import ValidationError
@@ -38,19 +38,6 @@ class EditBody(msgspec.Struct):
     content: Annotated[str, msgspec.Meta(max_length=32 * 1024)]
 
 
-def query_limit() -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError("limit must be an integer", {"limit": "1..100"}) from None
-    if not 1 <= value <= MAX_LIMIT:
-        raise ValidationError("limit out of range", {"limit": "1..100"})
-    return value
-
-
 @bp.get("/channels/<channel_id>/messages")
 async def list_messages(channel_id: str) -> list[dict[str, Any]]:
     who = await identity()
@@ -59,7 +46,7 @@ async def list_messages(channel_id: str) -> list[dict[str, Any]]:
         channel_id,
         before=request.args.get("before"),
         after=request.args.get("after"),
-        limit=query_limit(),
+        limit=query_limit(DEFAULT_LIMIT, MAX_LIMIT),
     )
 
 
@@ -160,6 +147,6 @@ async def search(guild_id: str) -> dict[str, Any]:
         query,
         channel_id=request.args.get("channel_id"),
         author_id=request.args.get("author_id"),
-        limit=query_limit(),
+        limit=query_limit(DEFAULT_LIMIT, MAX_LIMIT),
     )
     return {"results": results}

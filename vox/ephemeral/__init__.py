@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from vox.ephemeral.base import BucketResult, Ephemeral
+from vox.ephemeral.base import BucketResult, Ephemeral, StreamEntry
 from vox.ephemeral.memory import MemoryEphemeral
 from vox.ephemeral.redis import RedisEphemeral
 
-__all__ = ["BucketResult", "Ephemeral", "MemoryEphemeral", "RedisEphemeral", "open_ephemeral"]
+__all__ = ["BucketResult", "Ephemeral", "MemoryEphemeral", "RedisEphemeral", "StreamEntry", "open_ephemeral"]
 
 
 @asynccontextmanager

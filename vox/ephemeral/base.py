@@ -1,6 +1,6 @@
 """The Ephemeral interface: short-lived shared state (rate-limit buckets, single-use tokens,
-OIDC flow state, presence, call state). In-process on one daemon; Redis when several daemons
-share a deployment, so a limit or a single-use token holds across all of them.
+OIDC flow state, presence, DM call event streams). In-process on one daemon; Redis when several
+daemons share a deployment, so a limit or a single-use token holds across all of them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,15 @@ class BucketResult:
     retry_after_s: float  # 0 when allowed; else seconds until `cost` tokens are available
 
 
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One entry of an append-only stream: its id (opaque, unique within the stream, increasing
+    in append order) and its bytes."""
+
+    id: str
+    data: bytes
+
+
 class Ephemeral(Protocol):
     async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
 
@@ -33,7 +42,9 @@ class Ephemeral(Protocol):
         """Return and delete atomically: exactly one of several concurrent callers gets the value."""
         ...
 
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, key: str) -> None:
+        """Forget the value, bucket and stream stored under ``key``."""
+        ...
 
     async def incr(self, key: str, delta: int, ttl_s: float) -> int:
         """Add ``delta`` to an integer value (absent counts as 0), reset its TTL, return the sum.
@@ -47,6 +58,23 @@ class Ephemeral(Protocol):
 
         Atomic across daemons on the Redis backend.
         """
+        ...
+
+    async def append(
+        self, key: str, data: bytes, ttl_s: float, *, after: str, max_len: int = 1024
+    ) -> str | None:
+        """Append to the stream at ``key`` if its last entry's id is ``after`` ("" : the stream is
+        empty or absent); return the new entry's id, or None (nothing written) when the stream
+        moved on since the caller read it. Resets the stream's TTL; trims it to about ``max_len``
+        entries (never fewer), oldest first.
+
+        The compare and the append are one atomic step across daemons on the Redis backend
+        (optimistic concurrency for event logs: read, decide, append after what was read).
+        """
+        ...
+
+    async def read(self, key: str) -> list[StreamEntry]:
+        """Every entry of the stream at ``key``, oldest first (empty when absent or expired)."""
         ...
 
     async def ping(self) -> None: ...

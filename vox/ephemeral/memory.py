@@ -15,7 +15,7 @@ from typing import Literal
 
 import trio
 
-from vox.ephemeral.base import BucketResult
+from vox.ephemeral.base import BucketResult, StreamEntry
 
 # Float refills (0.1 + 0.2 ...) land a hair under a whole token; without this slack a bucket that
 # has visibly refilled would still refuse. Far below any meaningful fraction of a token.
@@ -83,15 +83,25 @@ def check_ttl(ttl_s: float) -> None:
         raise ValueError(f"ttl_s must be a positive finite number of seconds, not {ttl_s!r}")
 
 
-# Values and buckets live in separate namespaces (as on Redis, where one is a string and the other
-# a hash), so a key used for both never hits a type error; delete() clears both.
-_Kind = Literal["v", "b"]
+def check_max_len(max_len: int) -> None:
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, not {max_len!r}")
+
+
+# Values, buckets and streams live in separate namespaces (as on Redis, where they are a string,
+# a hash and a stream), so a key used for several never hits a type error; delete() clears all.
+_Kind = Literal["v", "b", "s"]
 _Slot = tuple[_Kind, str]
 
 
 @dataclass(slots=True)
+class _Stream:
+    entries: list[StreamEntry]
+
+
+@dataclass(slots=True)
 class _Entry:
-    data: bytes | BucketState
+    data: bytes | BucketState | _Stream
     expires_at: float
     seq: int  # matches the heap item that schedules this entry; older heap items are stale
 
@@ -120,6 +130,7 @@ class MemoryEphemeral:
         self._entries: dict[_Slot, _Entry] = {}
         self._heap: list[tuple[float, int, _Slot]] = []
         self._seq = itertools.count()
+        self._stream_ids = itertools.count(1)
 
     def __len__(self) -> int:
         """Stored keys, including expired ones not yet swept (for tests and metrics)."""
@@ -156,7 +167,7 @@ class MemoryEphemeral:
                 return True
         return False
 
-    def _store(self, slot: _Slot, data: bytes | BucketState, expires_at: float, now: float) -> None:
+    def _store(self, slot: _Slot, data: bytes | BucketState | _Stream, expires_at: float, now: float) -> None:
         self._sweep(now)
         if slot not in self._entries:
             while len(self._entries) >= self.max_keys and self._evict_one():
@@ -221,6 +232,7 @@ class MemoryEphemeral:
         await trio.lowlevel.checkpoint()
         self._drop(("v", key))
         self._drop(("b", key))
+        self._drop(("s", key))
 
     async def take(self, key: str, *, rate_per_s: float, burst: int, cost: int = 1) -> BucketResult:
         check_bucket_args(rate_per_s, burst, cost)
@@ -237,6 +249,34 @@ class MemoryEphemeral:
             self._store(slot, new_state, now + result.reset_after_s, now)
         return result
 
+    async def append(
+        self, key: str, data: bytes, ttl_s: float, *, after: str, max_len: int = 1024
+    ) -> str | None:
+        check_ttl(ttl_s)
+        check_max_len(max_len)
+        # Atomic like getdel: no checkpoint between the compare and the append.
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        slot: _Slot = ("s", key)
+        entry = self._live(slot, now)
+        stream = _Stream([]) if entry is None else _as_stream(entry.data)
+        last = stream.entries[-1].id if stream.entries else ""
+        if last != after:
+            return None
+        # Ids come from one counter for every stream, so a stream that expired and was appended
+        # to again never repeats an id an old reader could hold.
+        new = StreamEntry(str(next(self._stream_ids)), data)
+        stream.entries.append(new)
+        if len(stream.entries) > max_len:
+            del stream.entries[: len(stream.entries) - max_len]
+        self._store(slot, stream, now + ttl_s, now)
+        return new.id
+
+    async def read(self, key: str) -> list[StreamEntry]:
+        await trio.lowlevel.checkpoint()
+        entry = self._live(("s", key), self._clock())
+        return [] if entry is None else list(_as_stream(entry.data).entries)
+
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()
 
@@ -244,11 +284,16 @@ class MemoryEphemeral:
         return "memory"
 
 
-def _as_bytes(data: bytes | BucketState) -> bytes:
+def _as_bytes(data: bytes | BucketState | _Stream) -> bytes:
     assert isinstance(data, bytes)
     return data
 
 
-def _as_state(data: bytes | BucketState) -> BucketState:
+def _as_state(data: bytes | BucketState | _Stream) -> BucketState:
     assert isinstance(data, BucketState)
+    return data
+
+
+def _as_stream(data: bytes | BucketState | _Stream) -> _Stream:
+    assert isinstance(data, _Stream)
     return data

@@ -18,8 +18,8 @@ import redis
 import redis.exceptions
 import trio
 
-from vox.ephemeral.base import BucketResult
-from vox.ephemeral.memory import bucket_result, check_bucket_args, check_ttl
+from vox.ephemeral.base import BucketResult, StreamEntry
+from vox.ephemeral.memory import bucket_result, check_bucket_args, check_max_len, check_ttl
 from vox.errors import BrokerError
 
 T = TypeVar("T")
@@ -59,6 +59,20 @@ return {allowed, string.format('%.17g', tokens)}
 """
 
 
+# Compare-and-append: XADD only when the stream's last id is ARGV[2] ("" = empty or absent).
+# Returns the new id, or false (nil to the client) when another append got there first.
+APPEND_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local current = ''
+if #last > 0 then current = last[1][1] end
+if current ~= ARGV[2] then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return id
+"""
+
+
 def _ttl_ms(ttl_s: float) -> int:
     # Rounded up so a key never outlives its TTL by less than asked (and PX 0 is an error).
     return max(1, math.ceil(ttl_s * 1000))
@@ -85,7 +99,8 @@ class RedisEphemeral:
     """Ephemeral state in Redis under ``prefix``.
 
     Values are strings at ``{prefix}v:{key}``; buckets are hashes (tokens, ts) at
-    ``{prefix}b:{key}``, expiring when they would be full again.
+    ``{prefix}b:{key}``, expiring when they would be full again; streams are Redis Streams at
+    ``{prefix}s:{key}`` (one field, ``e``, per entry; XADD MAXLEN ~ and PEXPIRE on append).
     """
 
     def __init__(
@@ -103,6 +118,7 @@ class RedisEphemeral:
         # register_script keeps the SHA: calls use EVALSHA and load the script on NOSCRIPT
         # (a restarted or failed-over server has an empty script cache).
         self._take_script = client.register_script(TAKE_SCRIPT)
+        self._append_script = client.register_script(APPEND_SCRIPT)
 
     @classmethod
     def from_url(
@@ -130,6 +146,9 @@ class RedisEphemeral:
 
     def _bucket_key(self, key: str) -> str:
         return f"{self._prefix}b:{key}"
+
+    def _stream_key(self, key: str) -> str:
+        return f"{self._prefix}s:{key}"
 
     async def _call(self, fn: Callable[[redis.Redis], T]) -> T:
         return await trio.to_thread.run_sync(self._guarded, fn, limiter=self._limiter)
@@ -175,7 +194,7 @@ class RedisEphemeral:
         return await self._call(fn)
 
     async def delete(self, key: str) -> None:
-        names = (self._value_key(key), self._bucket_key(key))
+        names = (self._value_key(key), self._bucket_key(key), self._stream_key(key))
         await self._call(lambda c: c.delete(*names))
 
     async def take(self, key: str, *, rate_per_s: float, burst: int, cost: int = 1) -> BucketResult:
@@ -185,6 +204,31 @@ class RedisEphemeral:
         reply: Any = await self._call(lambda c: self._take_script(keys=[name], args=args, client=c))
         allowed, tokens = int(reply[0]) == 1, float(reply[1])
         return bucket_result(allowed, tokens, rate_per_s=rate_per_s, burst=burst, cost=cost)
+
+    async def append(
+        self, key: str, data: bytes, ttl_s: float, *, after: str, max_len: int = 1024
+    ) -> str | None:
+        check_ttl(ttl_s)
+        check_max_len(max_len)
+        name = self._stream_key(key)
+        args = (data, after, _ttl_ms(ttl_s), max_len)
+        reply: Any = await self._call(lambda c: self._append_script(keys=[name], args=args, client=c))
+        if reply is None:
+            return None
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    async def read(self, key: str) -> list[StreamEntry]:
+        name = self._stream_key(key)
+        rows: Any = await self._call(lambda c: c.xrange(name))
+        entries = []
+        for entry_id, fields in rows:
+            data = _raw(fields.get(b"e"))
+            if data is None:  # not written by append(): not ours to interpret
+                continue
+            entries.append(
+                StreamEntry(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), data)
+            )
+        return entries
 
     async def ping(self) -> None:
         await self._call(lambda c: c.ping())

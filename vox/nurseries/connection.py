@@ -1,4 +1,5 @@
-"""One gateway connection = one nursery: reader, writer, heartbeat watchdog and drain watcher.
+"""One gateway connection = one nursery: a reader (which also keeps the heartbeat deadline) and
+a writer. Shutdown reaches it through ``close_soon`` from the gateway transport.
 
 Cancelling this nursery tears down the connection and everything it started, and nothing else.
 What the client identified as lives in a GatewaySession (vox.nurseries.session) that outlives
@@ -18,6 +19,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from vox.context import Context
 from vox.errors import APIError, BrokerError, RateLimited
 from vox.nurseries.session import GatewaySession, SessionClosed, SessionRegistry
+from vox.nurseries.voice_signaling import VOICE_REQUESTS, voice_request
 from vox.protocol.gateway import (
     ClientFrame,
     CloseCode,
@@ -47,8 +49,11 @@ FINAL_CLOSES = frozenset(
         CloseCode.SERVER_FULL,
     }
 )
-CLIENT_REQUESTS = frozenset(
-    {"subscribe", "unsubscribe", "typing", "stop_typing", "set_status", "set_activity"}
+CLIENT_REQUESTS = (
+    frozenset(
+        {"subscribe", "unsubscribe", "typing", "stop_typing", "set_status", "set_activity", "mls_relay"}
+    )
+    | VOICE_REQUESTS
 )
 
 
@@ -97,8 +102,8 @@ class GatewayConnection:
         self.header_token = header_token
         self.heartbeat_interval_s = ctx.config.heartbeat_interval_ms / 1000
         self.session: GatewaySession | None = None
-        self._identified = trio.Event()
-        self._send, self._recv = trio.open_memory_channel[str | bytes](OUTBOUND_QUEUE)
+        self._identified = False
+        self._send, self._recv = trio.open_memory_channel[str](OUTBOUND_QUEUE)
         self._last_heartbeat = trio.current_time()
         self._close: _Close | None = None
         self._closing = trio.Event()
@@ -112,7 +117,7 @@ class GatewayConnection:
         return self.session.user_id if self.session else None
 
     # -- outbound ---------------------------------------------------------------------------
-    def enqueue(self, frame: str | bytes) -> None:
+    def enqueue(self, frame: str) -> None:
         """Queue a frame without waiting; a full queue means the client is too slow to keep."""
         try:
             self._send.send_nowait(frame)
@@ -132,21 +137,23 @@ class GatewayConnection:
         try:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._writer)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watchdog)
-                    nursery.start_soon(self._drain_watch)
-                    nursery.start_soon(self._reader)
-                    await self._closing.wait()
-                    nursery.cancel_scope.cancel()
-                # Nothing produces frames any more. Frames queued before the close (hello,
-                # ready, the last events) still go out, briefly; a client closed for not
-                # reading gets none of them.
+                if self.ctx.draining.is_set():
+                    self.close_soon(CloseCode.GOING_AWAY, "server shutting down")
+                reading = trio.CancelScope()
+                outer.start_soon(self._read_until_cancelled, reading)
+                await self._closing.wait()
+                reading.cancel()
+                # The reader stops at its next checkpoint and enqueueing fails quietly from here.
+                # Frames queued before the close (hello, ready, the last events) still go out,
+                # briefly; a client closed for not reading gets none of them.
                 self._send.close()
                 slow = self._close is not None and self._close.code == CloseCode.RATE_LIMITED
                 outer.cancel_scope.deadline = trio.current_time() + (0 if slow else 0.5)
         finally:
             if self._close is not None:
                 code, reason = self._close.code, self._close.reason
+            if self.ctx.voice is not None:
+                self.ctx.voice.connection_closed(self.conn_id)  # its voice peer leaves
             self._release_session(code)
             with trio.move_on_after(2) as cleanup:
                 cleanup.shield = True
@@ -167,15 +174,31 @@ class GatewayConnection:
         if session.ended is None and (code in FINAL_CLOSES or self.ctx.draining.is_set()):
             session.end(code, "connection closed")
 
+    async def _read_until_cancelled(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._reader()
+
     async def _reader(self) -> None:
+        """Read and dispatch frames. Waiting for the next frame is bounded by the heartbeat
+        deadline: 4009 when no heartbeat arrived for 1.5 x the interval, 4003 when the client
+        has not identified within that time (heartbeats alone do not keep it open)."""
         self.enqueue(control_frame("hello", {"heartbeat_interval_ms": self.ctx.config.heartbeat_interval_ms}))
+        limit = 1.5 * self.heartbeat_interval_s
+        opened = trio.current_time()
         try:
             if self.header_token is not None:
                 await self._identify(self.header_token)
             while True:
-                data = await self.ws.get_message()
-                frame = decode_client_frame(data)
-                await self._dispatch(frame)
+                deadline = (self._last_heartbeat if self._identified else opened) + limit
+                # Only the wait is bounded: a frame being handled is never cut short.
+                with trio.move_on_at(deadline) as waiting:
+                    data = await self.ws.get_message()
+                if not waiting.cancelled_caught:
+                    await self._dispatch(decode_client_frame(data))
+                elif not self._identified:
+                    raise _Close(CloseCode.NOT_AUTHENTICATED, "identify timeout")
+                elif trio.current_time() >= self._last_heartbeat + limit:
+                    raise _Close(CloseCode.SESSION_TIMEOUT, "heartbeat timeout")
         except (GatewayProtocolError, _Close) as exc:
             self.close_soon(exc.code, exc.reason)
         except ConnectionClosed as exc:
@@ -185,32 +208,13 @@ class GatewayConnection:
         async with self._recv:
             async for frame in self._recv:  # ends once run() closed the send side and it drained
                 try:
-                    # The contract's frames are JSON *text*: trio-websocket sends bytes as binary.
-                    await self.ws.send_message(frame.decode() if isinstance(frame, bytes) else frame)
+                    # Frames are str because the contract's frames are JSON *text*: trio-websocket
+                    # sends bytes as binary frames.
+                    await self.ws.send_message(frame)
                 except ConnectionClosed as exc:
                     self.close_soon(_peer_code(exc), "")
                     return
                 self.ctx.metrics.gateway_events_sent.inc()
-
-    async def _watchdog(self) -> None:
-        """Close with 4009 when no heartbeat arrived for 1.5 x the interval, and with 4003 when
-        the client has not identified within that time (heartbeats alone do not keep it open)."""
-        limit = 1.5 * self.heartbeat_interval_s
-        with trio.move_on_after(limit):
-            await self._identified.wait()
-        if not self._identified.is_set():
-            self.close_soon(CloseCode.NOT_AUTHENTICATED, "identify timeout")
-            return
-        while True:
-            deadline = self._last_heartbeat + limit
-            if trio.current_time() >= deadline:
-                self.close_soon(CloseCode.SESSION_TIMEOUT, "heartbeat timeout")
-                return
-            await trio.sleep_until(deadline)
-
-    async def _drain_watch(self) -> None:
-        await self.ctx.draining.wait()
-        self.close_soon(CloseCode.GOING_AWAY, "server shutting down")
 
     # -- frames -----------------------------------------------------------------------------
     async def _dispatch(self, frame: ClientFrame) -> None:
@@ -236,7 +240,9 @@ class GatewayConnection:
         raise _Close(CloseCode.UNKNOWN_TYPE, f"{frame.type} is not supported by this server yet")
 
     async def _request(self, session: GatewaySession, type_: str, d: dict[str, Any]) -> None:
-        if type_ in {"subscribe", "unsubscribe", "typing", "stop_typing"}:
+        if type_ in VOICE_REQUESTS:
+            await voice_request(self.ctx, session.user_id, self.conn_id, self.enqueue, type_, d)
+        elif type_ in {"subscribe", "unsubscribe", "typing", "stop_typing"}:
             channel_id = d.get("channel_id")
             if not isinstance(channel_id, str) or not 0 < len(channel_id) <= 64:
                 raise _Close(CloseCode.DECODE_ERROR, f"{type_} needs d.channel_id")
@@ -263,6 +269,15 @@ class GatewayConnection:
                 raise _Close(CloseCode.DECODE_ERROR, f"set_activity: {exc}") from None
             await self._limited("presence", session.user_id)
             await self.ctx.presence.set_activity(session.user_id, activity)
+        elif type_ == "mls_relay":
+            await self._limited("mls_relay", session.user_id)
+            try:
+                await self.ctx.mls.relay(session.user_id, d)
+            except APIError as exc:
+                # A refused relay (bad payload, a recipient outside the channel) is answered and
+                # the connection stays: group membership can race with channel membership.
+                group_id = d.get("group_id") if isinstance(d.get("group_id"), str) else None
+                self.enqueue(control_frame("error", {"request": type_, "group_id": group_id, **exc.body()}))
 
     async def _limited(self, klass: str, subject: str) -> None:
         try:
@@ -283,7 +298,7 @@ class GatewayConnection:
         self.session = session
         session.attach(self.enqueue, self.close_soon)
         self._last_heartbeat = trio.current_time()
-        self._identified.set()
+        self._identified = True
 
     async def _identify(self, token: str) -> None:
         identity = await self._authenticate(token)

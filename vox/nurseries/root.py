@@ -19,13 +19,16 @@ from vox.context import Addresses, Context
 from vox.ephemeral import open_ephemeral
 from vox.pubsub import open_broker
 from vox.services.auth import AuthService
+from vox.services.calls import CallService
 from vox.services.dms import DmService
 from vox.services.emoji import EmojiService
 from vox.services.friends import FriendService
 from vox.services.guild_events import GuildEvents
 from vox.services.guilds import GuildService
 from vox.services.invites import InviteService
+from vox.services.keys import KeyService
 from vox.services.messages import MessageService
+from vox.services.mls import MlsRelay
 from vox.services.moderation import ModerationService
 from vox.services.passwords import HashParams, Passwords
 from vox.services.permissions import PermissionService
@@ -34,6 +37,7 @@ from vox.services.ratelimit import RateLimiter, parse_limits
 from vox.services.roles import RoleService
 from vox.services.secretbox import SecretBox
 from vox.services.tokens import Tokens
+from vox.services.voice import open_voice
 from vox.storage import Store, open_engine
 from vox.transports.gateway import serve_gateway
 from vox.transports.rest import serve_rest
@@ -85,7 +89,7 @@ async def run_daemon(
         guilds = GuildService(store.guilds, permissions, guild_events, max_guilds=config.max_guilds)
         ctx = Context(
             config=config,
-            keys=keys,
+            server_keys=keys,
             store=store,
             broker=broker,
             blobs=blobs,
@@ -99,11 +103,25 @@ async def run_daemon(
             invites=InviteService(store.guilds, permissions, guild_events, guilds),
             messages=MessageService(store.messages, permissions, broker),
             dms=DmService(store.dms, broker),
+            calls=CallService(store.dms, ephemeral, broker, ring_timeout_s=config.call_ring_timeout_s),
             friends=FriendService(store.friends, store.accounts, broker),
             emoji=EmojiService(store.emoji, permissions, blobs, broker),
             presence=PresenceService(store.accounts, ephemeral, broker),
+            keys=KeyService(
+                store.keys, store.accounts, broker, limiter, max_one_time_keys=config.max_one_time_keys
+            ),
+            mls=MlsRelay(permissions, broker),
+        )
+        # The SFU's trio_asyncio loop and peer nursery: closed after the listeners (so connection
+        # teardown can still reach it), before the broker and storage.
+        ctx.voice = await stack.enter_async_context(
+            open_voice(
+                config, permissions, broker, store.accounts, ctx.metrics, lambda: getattr(ctx, "calls", None)
+            )
         )
         async with trio.open_nursery() as nursery:
+            # Ends unanswered DM calls started here at their ring deadline; returns when draining.
+            await nursery.start(ctx.calls.run_timers, ctx.draining)
             rest_port = await nursery.start(serve_rest, ctx)
             gateway_port = await nursery.start(serve_gateway, ctx)
             ctx.addresses = Addresses(host=config.host, rest_port=rest_port, gateway_port=gateway_port)

@@ -14,7 +14,8 @@ they are. Internal events (vox.protocol.guild_events, ``_session_revoked``, ``_d
 change that state: a join subscribes, a leave/kick/ban/guild deletion unsubscribes at once, and
 a channel or permission change makes the session recompute what it may view (one permission
 load) and tell its client channel_create / channel_update / channel_delete as they apply to it.
-Typing events are forwarded only for channels the client subscribed to with ``subscribe``.
+Typing events are forwarded only for channels the client subscribed to with ``subscribe``. DM
+message events come through ``user:{id}`` (vox.services.messages), DM typing through the channel.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import trio
 
 from vox.context import Context
 from vox.errors import APIError, BrokerError, StorageError, SubscriberLagged
-from vox.protocol.gateway import CloseCode, Event, encode_event, envelope, open_envelope
+from vox.protocol.gateway import CloseCode, EnvelopeFrames, Event, encode_event, envelope, open_envelope
 from vox.protocol.guild_events import (
     GUILD_ACCESS,
     GUILD_DELETED,
@@ -70,20 +71,28 @@ class SessionClosed(Exception):
         self.reason = reason
 
 
-Outlet = Callable[[bytes], None]
+Outlet = Callable[[str], None]
 Closer = Callable[[int, str], None]
 
 
 class GatewaySession:
-    def __init__(self, ctx: Context, identity: Identity, registry: SessionRegistry) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        identity: Identity,
+        registry: SessionRegistry,
+        frames: EnvelopeFrames | None = None,
+    ) -> None:
         self.ctx = ctx
         self.identity = identity
         self.registry = registry
+        self.frames = frames or EnvelopeFrames()
         self.session_id = str(uuid.uuid4())
         self.seq = 0
-        # (seq, event) pairs; a broker Message is kept as it is (shared by every subscriber, so
-        # the ring costs a pointer per event) and framed again only when replayed.
-        self.ring: deque[tuple[int, Message | Event]] = deque(maxlen=REPLAY_EVENTS)
+        # The last events in seq order (the newest has ``self.seq``). A broker Message is kept as
+        # it is (shared by every subscriber, so the ring costs a pointer per event) and framed
+        # again only when replayed.
+        self.ring: deque[Message | Event] = deque(maxlen=REPLAY_EVENTS)
         self.guilds: dict[str, set[str]] = {}
         self.dms: set[str] = set()
         self.typing_subscriptions: set[str] = set()
@@ -91,11 +100,10 @@ class GatewaySession:
         self._typing_announced: dict[str, float] = {}
         self._outlet: Outlet | None = None
         self._closer: Closer | None = None
-        self._attached = trio.Event()
-        self._detached = trio.Event()
         self._sub: Subscription | None = None
         self._scope = trio.CancelScope()
         self.ended: SessionClosed | None = None
+        self._busy = False
         self._own_topic = user_topic(identity.user_id)
         self._own_id_json = b'"user_id":"' + identity.user_id.encode() + b'"'
 
@@ -103,20 +111,22 @@ class GatewaySession:
     def user_id(self) -> str:
         return self.identity.user_id
 
+    @property
+    def is_typing(self) -> bool:
+        return bool(self._typing_until)
+
     # -- attachment -------------------------------------------------------------------------
     def attach(self, outlet: Outlet, closer: Closer) -> None:
         if self._closer is not None:
             self._closer(CloseCode.SESSION_TIMEOUT, "session resumed elsewhere")
         self._outlet, self._closer = outlet, closer
-        self._detached = trio.Event()
-        self._attached.set()
+        self.registry.detached.pop(self, None)
 
     def detach(self, outlet: Outlet) -> None:
         """The connection is gone; keep collecting events for the resume window."""
         if self._outlet is outlet:
             self._outlet = self._closer = None
-            self._attached = trio.Event()
-            self._detached.set()
+            self.registry.detached[self] = trio.current_time() + RESUME_WINDOW_S
 
     def end(self, code: int = CloseCode.SESSION_TIMEOUT, reason: str = "session ended") -> None:
         if self.ended is None:
@@ -125,18 +135,20 @@ class GatewaySession:
             self._closer(code, reason)
         self._scope.cancel()
 
-    def replay_after(self, last_seq: int) -> list[bytes] | None:
+    def replay_after(self, last_seq: int) -> list[str] | None:
         """Frames after ``last_seq``, or None when some of them are no longer kept."""
         if last_seq > self.seq or last_seq < 0:
             return None
         missed = self.seq - last_seq
         if missed > len(self.ring):
             return None
-        frames = []
-        for seq, item in list(self.ring)[len(self.ring) - missed :]:
-            event = open_envelope(item.payload) if isinstance(item, Message) else item
-            frames.append(event.frame(seq))
-        return frames
+        items = list(self.ring)[len(self.ring) - missed :]
+        return [self._frame(item, seq) for seq, item in enumerate(items, start=last_seq + 1)]
+
+    def _frame(self, item: Message | Event, seq: int) -> str:
+        if isinstance(item, Message):
+            return self.frames.frame(item.payload, seq)
+        return item.text_frame(seq)
 
     # -- the session task -------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[list[Row]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -146,12 +158,13 @@ class GatewaySession:
                     self._sub = sub
                     guilds = await self._subscribe_all()
                     await self.ctx.presence.connected(self.user_id)
+                    # From here public events go straight from the publisher to the client's
+                    # queue, without waking this task; it handles internal ones (and whatever
+                    # queued behind them).
+                    sub.set_inline(self._offer_inline)
                     try:
                         task_status.started(guilds)
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._expire_when_detached)
-                            nursery.start_soon(self._typing_expiry)
-                            await self._pump(sub)
+                        await self._pump(sub)
                     finally:
                         with trio.move_on_after(2) as cleanup:
                             cleanup.shield = True
@@ -165,41 +178,50 @@ class GatewaySession:
             finally:
                 self.registry.forget(self)
 
-    async def _expire_when_detached(self) -> None:
-        while True:
-            await self._detached.wait()
-            with trio.move_on_after(RESUME_WINDOW_S):
-                await self._attached.wait()
-            if not self._attached.is_set():
-                log.info("gateway session expired", extra={"fields": {"user_id": self.user_id}})
-                self.end()
-                return
+    def expire(self) -> None:
+        """Called by the registry once the resume window passed with no connection attached."""
+        log.info("gateway session expired", extra={"fields": {"user_id": self.user_id}})
+        self.end()
 
     async def _pump(self, sub: Subscription) -> None:
         async for message in sub:
             if message.payload.startswith(b"_"):
-                await self._on_internal(open_envelope(message.payload))
+                # Until this is handled, later events queue behind it (the state it changes
+                # decides what they mean), so inline delivery pauses.
+                self._busy = True
+                try:
+                    await self._on_internal(open_envelope(message.payload))
+                finally:
+                    self._busy = False
                 continue
-            if message.payload.startswith(b"typing_"):
-                channel = message.topic.partition(":")[2]
-                if channel not in self.typing_subscriptions:
-                    continue
-            elif (
-                message.payload.startswith(PRESENCE_PREFIXES)
-                and message.topic != self._own_topic
-                and self._own_id_json in message.payload
-            ):
-                # One's own presence arrives through one's guilds too; only the user topic
-                # (changes made on another device) is meant for oneself.
-                continue
-            self._deliver(message)
+            self._forward(message)
+
+    def _offer_inline(self, message: Message) -> bool:
+        if self._busy or message.payload.startswith(b"_"):
+            return False
+        self._forward(message)
+        return True
+
+    def _forward(self, message: Message) -> None:
+        if message.payload.startswith(b"typing_"):
+            channel = message.topic.partition(":")[2]
+            if channel not in self.typing_subscriptions:
+                return
+        elif (
+            message.payload.startswith(PRESENCE_PREFIXES)
+            and message.topic != self._own_topic
+            and self._own_id_json in message.payload
+        ):
+            # One's own presence arrives through one's guilds too; only the user topic
+            # (changes made on another device) is meant for oneself.
+            return
+        self._deliver(message)
 
     def _deliver(self, item: Message | Event) -> None:
         self.seq += 1
-        self.ring.append((self.seq, item))
+        self.ring.append(item)
         if self._outlet is not None:
-            event = open_envelope(item.payload) if isinstance(item, Message) else item
-            self._outlet(event.frame(self.seq))
+            self._outlet(self._frame(item, self.seq))
 
     def emit(self, event: Event) -> None:
         self._deliver(event)
@@ -362,6 +384,7 @@ class GatewaySession:
             return False
         now = trio.current_time()
         self._typing_until[channel_id] = now + TYPING_TTL_S
+        self.registry.typing[self] = None
         if now - self._typing_announced.get(channel_id, -TYPING_REPUBLISH_S) < TYPING_REPUBLISH_S:
             return True
         try:
@@ -383,12 +406,10 @@ class GatewaySession:
         d: dict[str, Any] = {"channel_id": channel_id, "user_id": self.user_id}
         await self.ctx.broker.publish(channel_topic(channel_id), envelope(encode_event(type_, d)))
 
-    async def _typing_expiry(self) -> None:
-        while True:
-            await trio.sleep(1.0)
-            now = trio.current_time()
-            for channel_id in [c for c, until in self._typing_until.items() if until <= now]:
-                await self.stop_typing(channel_id)
+    async def expire_typing(self, now: float) -> None:
+        """Called by the registry's timer: typing not refreshed within TYPING_TTL_S stops."""
+        for channel_id in [c for c, until in self._typing_until.items() if until <= now]:
+            await self.stop_typing(channel_id)
 
     async def _stop_all_typing(self) -> None:
         for channel_id in list(self._typing_until):
@@ -396,21 +417,48 @@ class GatewaySession:
 
 
 class SessionRegistry:
-    """The daemon's live gateway sessions, each running in this registry's nursery."""
+    """The daemon's live gateway sessions, each running in this registry's nursery.
+
+    One timer task (``run_timers``) serves every session's deadlines: the resume window of
+    detached sessions and typing that was not refreshed. A task per session for each would cost
+    memory for every idle connection and a wake-up per second each."""
+
+    TICK_S = 1.0
 
     def __init__(self, ctx: Context, nursery: trio.Nursery) -> None:
         self.ctx = ctx
         self.nursery = nursery
         self.sessions: dict[str, GatewaySession] = {}
+        self.frames = EnvelopeFrames()
+        # Sessions with no connection, and when their resume window ends.
+        self.detached: dict[GatewaySession, float] = {}
+        # Sessions with typing in progress (insertion-ordered set).
+        self.typing: dict[GatewaySession, None] = {}
+        self._timers = trio.CancelScope()
+
+    async def run_timers(self) -> None:
+        with self._timers:
+            while True:
+                await trio.sleep(self.TICK_S)
+                now = trio.current_time()
+                for session in [s for s, deadline in self.detached.items() if deadline <= now]:
+                    self.detached.pop(session, None)
+                    session.expire()
+                for session in list(self.typing):
+                    await session.expire_typing(now)
+                    if not session.is_typing:
+                        self.typing.pop(session, None)
 
     async def start(self, identity: Identity) -> tuple[GatewaySession, list[Row]]:
-        session = GatewaySession(self.ctx, identity, self)
+        session = GatewaySession(self.ctx, identity, self, self.frames)
         self.sessions[session.session_id] = session
         try:
             guilds: list[Row] = await self.nursery.start(session.run)
         except BaseException:
             self.sessions.pop(session.session_id, None)
             raise
+        # Expires like a dropped one unless a connection attaches (it does at once when all goes well).
+        self.detached[session] = trio.current_time() + RESUME_WINDOW_S
         return session, guilds
 
     def get(self, session_id: str) -> GatewaySession | None:
@@ -419,7 +467,10 @@ class SessionRegistry:
     def forget(self, session: GatewaySession) -> None:
         if self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
+        self.detached.pop(session, None)
+        self.typing.pop(session, None)
 
     def end_all(self) -> None:
+        self._timers.cancel()
         for session in list(self.sessions.values()):
             session.end(CloseCode.GOING_AWAY, "server shutting down")

@@ -110,6 +110,9 @@ class Event:
     def frame(self, seq: int | None) -> bytes:
         return frame_bytes(self.type, self.d_json, seq)
 
+    def text_frame(self, seq: int | None) -> str:
+        return frame_bytes(self.type, self.d_json, seq).decode()
+
 
 def encode_event(type_: str, d: Any) -> Event:
     return Event(type=type_, d_json=_encoder.encode(d))
@@ -119,6 +122,31 @@ def frame_bytes(type_: str, d_json: bytes, seq: int | None) -> bytes:
     # Event types are fixed snake_case names from the protocol, so they need no JSON escaping.
     seq_part = b"null" if seq is None else str(seq).encode()
     return b'{"type":"' + type_.encode() + b'","seq":' + seq_part + b',"d":' + d_json + b"}"
+
+
+class EnvelopeFrames:
+    """Text frames for broker envelopes, with the envelope split and decoded once for all the
+    sessions it reaches rather than once per session.
+
+    The broker hands every subscriber the same payload object and the sessions frame it one
+    after another, so remembering only the last payload catches nearly every repeat.
+    """
+
+    __slots__ = ("_head", "_payload", "_tail")
+
+    def __init__(self) -> None:
+        self._payload: bytes | None = None
+        self._head = self._tail = ""
+
+    def frame(self, payload: bytes, seq: int) -> str:
+        if payload is not self._payload:
+            type_, sep, d_json = payload.partition(b"\x00")
+            if not sep:
+                raise ValueError("not a Vox broker envelope")
+            self._head = '{"type":"' + type_.decode() + '","seq":'
+            self._tail = ',"d":' + d_json.decode() + "}"
+            self._payload = payload
+        return self._head + str(seq) + self._tail
 
 
 def control_frame(type_: str, d: Any = None) -> str:

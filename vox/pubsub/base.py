@@ -11,11 +11,14 @@ Delivery policy (the same for every backend):
   ``SubscriberLagged``. Its owner (a gateway connection) then closes so the client resumes or
   reconnects; every other subscriber carries on untouched.
 - A daemon subscribes its backend to a topic while at least one local subscription needs it.
+- A subscriber may also take messages *inline* (``set_inline``): the fan-out hands each message
+  to a synchronous handler as it is published, and only the ones it declines are buffered for
+  iteration. A message is offered inline only while nothing is buffered, so the order holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,6 +41,12 @@ class Subscription(Protocol):
     def topics(self) -> frozenset[str]: ...
 
     def __aiter__(self) -> AsyncIterator[Message]: ...
+
+    def set_inline(self, handler: Callable[[Message], bool] | None) -> None:
+        """Offer each message to ``handler`` as it is published, while nothing is buffered; it
+        returns False to have the message buffered for iteration instead. It runs in the
+        publisher's context, so it must be quick, must not block, and should not raise."""
+        ...
 
 
 class Broker(Protocol):

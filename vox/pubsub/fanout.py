@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -217,6 +217,7 @@ class LocalSubscription:
         "_buffer",
         "_closed",
         "_fanout",
+        "_inline",
         "_lag",
         "_limit",
         "_shutdown",
@@ -233,6 +234,10 @@ class LocalSubscription:
         self._lag: str | None = None  # why it was cut, once it is
         self._closed = False  # closed by its owner
         self._shutdown = False  # the broker closed under it
+        self._inline: Callable[[Message], bool] | None = None
+
+    def set_inline(self, handler: Callable[[Message], bool] | None) -> None:
+        self._inline = handler
 
     @property
     def topics(self) -> frozenset[str]:
@@ -289,8 +294,17 @@ class LocalSubscription:
 
     async def __anext__(self) -> Message:
         await trio.lowlevel.checkpoint_if_cancelled()
-        parked = False
-        while not self._buffer:
+        scheduled = False
+        while True:
+            if self._buffer:
+                if scheduled:
+                    # Popped with no yield before the caller sees it: an inline handler can only
+                    # take a message once this one is in the caller's hands, never overtake it.
+                    return self._buffer.popleft()
+                # Keep trio's rule that every await may schedule (once, not again after a park).
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                scheduled = True
+                continue
             if self._closed:
                 raise StopAsyncIteration
             if self._lag is not None:
@@ -298,16 +312,19 @@ class LocalSubscription:
             if self._shutdown:
                 raise BrokerError("the broker was closed")
             await self._waiters.park()
-            parked = True
-        message = self._buffer.popleft()
-        if not parked:
-            # Keep trio's rule that every await may schedule, without a second yield after a park.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return message
+            scheduled = True
 
     def _offer(self, message: Message) -> None:
         if self._lag is not None or self._closed:
             return
+        if self._inline is not None and not self._buffer:
+            try:
+                if self._inline(message):
+                    return
+            except Exception:
+                # The publisher must not fail for one subscriber: the message is buffered and
+                # the owner meets the problem again in its own task.
+                log.exception("inline subscriber failed", extra={"fields": {"topic": message.topic}})
         if len(self._buffer) >= self._limit:
             self._cut(f"subscription fell {self._limit} messages behind")
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vox.services.security import security_settings
 from vox.services.timefmt import iso
 from vox.services.users import public_user
 from vox.storage.base import Row
@@ -16,6 +17,7 @@ def guild_object(row: Row) -> dict[str, Any]:
         "name": row["name"],
         "owner_id": row["owner_id"],
         "icon": row["icon"],
+        "security_settings": security_settings(row.get("security_settings")),
         "created_at": iso(row["created_at"]),
     }
 

@@ -21,6 +21,7 @@ from vox.services.guild_objects import (
     role_object,
 )
 from vox.services.permissions import MemberAccess, PermissionService, require, valid_id
+from vox.services.security import validate_patch as validate_security_patch
 from vox.storage.guilds import Guilds, GuildState
 
 __all__ = ["NAME_MAX", "GuildService", "clean_name"]
@@ -28,6 +29,8 @@ __all__ = ["NAME_MAX", "GuildService", "clean_name"]
 log = logging.getLogger("vox.guilds")
 
 NAME_MAX = 100
+# Members per page of GET /guilds/{id}/members (also the most a page may hold).
+MEMBERS_PAGE = 1000
 
 
 def clean_name(value: str, field: str = "name") -> str:
@@ -96,6 +99,10 @@ class GuildService:
         require(access.permissions(), Permission.MANAGE_GUILD)
         if "name" in changes:
             changes["name"] = clean_name(changes["name"])
+        if "security_settings" in changes:
+            changes["security_settings"] = validate_security_patch(changes["security_settings"])
+            if not changes["security_settings"]:
+                del changes["security_settings"]
         row = await self.guilds.update_guild(guild_id, user_id, changes)
         if row is None:
             raise NotFound("guild not found")
@@ -104,15 +111,18 @@ class GuildService:
             await self.events.guild_updated(guild)
         return guild
 
-    async def delete(self, user_id: str, guild_id: str) -> None:
+    async def delete(self, user_id: str, guild_id: str) -> list[str]:
+        """Owner only. Returns the blob keys of the guild's files, for the caller to remove."""
         access = await self.permissions.member_access(user_id, guild_id)
         if not access.is_owner:
             raise Forbidden("only the guild owner can delete it")
-        row = await self.guilds.delete_guild(guild_id, user_id)
-        if row is None:
+        deleted = await self.guilds.delete_guild(guild_id, user_id)
+        if deleted is None:
             raise NotFound("guild not found")
+        row, keys = deleted
         log.info("guild deleted", extra={"fields": {"guild_id": guild_id}})
         await self.events.guild_deleted(guild_object(row))
+        return keys
 
     # -- channels ---------------------------------------------------------------------------
     async def channels(self, user_id: str, guild_id: str) -> list[dict[str, Any]]:
@@ -155,13 +165,17 @@ class GuildService:
             await self.events.channels_changed(row["guild_id"], [channel], updated=[channel_id])
         return channel
 
-    async def delete_channel(self, user_id: str, channel_id: str) -> None:
+    async def delete_channel(self, user_id: str, channel_id: str) -> list[str]:
+        """MANAGE_CHANNELS. Returns the blob keys of the channel's attachments, for the caller
+        to remove."""
         perms, _ = await self.permissions.channel_permissions(user_id, channel_id)
         require(perms, Permission.MANAGE_CHANNELS)
-        row = await self.guilds.delete_channel(channel_id, user_id)
-        if row is None:
+        deleted = await self.guilds.delete_channel(channel_id, user_id)
+        if deleted is None:
             raise NotFound("channel not found")
+        row, keys = deleted
         await self.events.channels_changed(row["guild_id"], [channel_object(row)], deleted=[channel_id])
+        return keys
 
     async def my_permissions(self, user_id: str, channel_id: str) -> int:
         perms, _ = await self.permissions.channel_permissions(user_id, channel_id)
@@ -217,10 +231,18 @@ class GuildService:
             )
 
     # -- members ----------------------------------------------------------------------------
-    async def members(self, user_id: str, guild_id: str) -> list[dict[str, Any]]:
+    async def members(
+        self, user_id: str, guild_id: str, *, after: str | None = None, limit: int = MEMBERS_PAGE
+    ) -> list[dict[str, Any]]:
+        """Members in join order, at most ``limit``, those after member ``after`` when given."""
         await self.permissions.member_access(user_id, guild_id)
+        if after is not None and not valid_id(after):
+            raise ValidationError("after must be a user id", {"after": "not a user id"})
+        rows = await self.guilds.members(guild_id, after=after, limit=limit)
+        if rows is None:
+            raise ValidationError("after is not a member of this guild", {"after": "not a member"})
         now = self.permissions.clock()
-        return [member_object(m, now) for m in await self.guilds.members(guild_id)]
+        return [member_object(m, now) for m in rows]
 
     async def member(self, user_id: str, guild_id: str, target_id: str) -> dict[str, Any]:
         await self.permissions.member_access(user_id, guild_id)

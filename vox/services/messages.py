@@ -93,8 +93,16 @@ class MessageService:
         self.permissions = permissions
         self.broker = broker
 
-    async def _publish(self, channel_id: str, type_: str, d: Any) -> None:
-        await self.broker.publish(f"channel:{channel_id}", envelope(encode_event(type_, d)))
+    async def _publish(self, channel_id: str, type_: str, d: dict[str, Any]) -> None:
+        payload = envelope(encode_event(type_, d))
+        if d["guild_id"] is not None:
+            await self.broker.publish(f"channel:{channel_id}", payload)
+            return
+        # DM events go to each recipient's user topic, which all their sessions always hold. A
+        # session joins a new DM's channel topic only once it has handled dm_create, and the
+        # first message can be posted before that (with Redis, subscribing is a round trip).
+        for user_id in await self.permissions.channel_viewers(channel_id):
+            await self.broker.publish(f"user:{user_id}", payload)
 
     @staticmethod
     def check_content(content: str, *, encrypted: bool, allow_empty: bool = False) -> str:
@@ -146,6 +154,8 @@ class MessageService:
         if channel["channel_type"] == "voice":
             raise ValidationError("voice channels have no messages", {"channel_id": "not a text channel"})
         text = self.check_content(content, encrypted=encrypted, allow_empty=bool(attachments))
+        if encrypted:
+            await self.permissions.check_encrypted_allowed(channel)
         if nonce is not None and len(nonce) > MAX_NONCE:
             raise ValidationError("nonce too long", {"nonce": f"at most {MAX_NONCE} characters"})
         if reply_to is not None and not is_uuid(reply_to):
@@ -176,7 +186,12 @@ class MessageService:
             raise ValidationError(
                 "reply_to is not a message of this channel", {"reply_to": "not found"}
             ) from None
-        message = (await self._render_many([row], user_id))[0]
+        # A new message has exactly the attachments just written and no reactions yet: no read.
+        files = [
+            {"id": a.id, "filename": a.filename, "mime_type": a.mime_type, "size_bytes": a.size_bytes}
+            for a in attachments or []
+        ]
+        message = render(row, files)
         await self._publish(channel_id, "message_new", message)
         return message
 
@@ -207,6 +222,10 @@ class MessageService:
             raise Forbidden("only the author can edit a message")
         encrypted = bool(row["encrypted"])
         text = self.check_content(content, encrypted=encrypted)
+        if encrypted and row["guild_id"] is not None:
+            # New ciphertext is refused once the guild stops allowing it, as for a new message.
+            _, channel = await self.permissions.channel_permissions(user_id, row["channel_id"])
+            await self.permissions.check_encrypted_allowed(channel)
         mentions = parse_mentions(
             "" if encrypted else text, may_mention_everyone=bool(perms & Permission.MENTION_EVERYONE)
         )

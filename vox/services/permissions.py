@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from vox.errors import MissingPermission, NotFound
+from vox.errors import MissingPermission, NotFound, ValidationError
 from vox.protocol.permissions import (
     DM_PERMISSIONS,
     Override,
@@ -27,6 +27,7 @@ from vox.protocol.permissions import (
     first_missing,
     resolve,
 )
+from vox.services.security import security_settings
 from vox.storage.base import Row
 from vox.storage.guilds import AccessData, Guilds, Visibility
 
@@ -165,6 +166,35 @@ class PermissionService:
     async def channel_permissions(self, user_id: str, channel_id: str) -> tuple[int, Row]:
         ctx = await self.channel_context(user_id, channel_id)
         return ctx.permissions, ctx.channel
+
+    async def channel_viewers(self, channel_id: str) -> list[str]:
+        """Every user who can VIEW_CHANNEL the channel now (a DM's recipients), by id; empty when
+        there is no such channel."""
+        audience = await self.guilds.channel_audience(channel_id) if valid_id(channel_id) else None
+        if audience is None:
+            return []
+        if audience.channel["guild_id"] is None:
+            return list(audience.dm_recipients)
+        now = self.clock()
+        return [
+            data.user_id
+            for data in audience.members
+            if MemberAccess(data, now).permissions(audience.overrides) & Permission.VIEW_CHANNEL
+        ]
+
+    async def check_encrypted_allowed(self, channel: Row) -> None:
+        """ValidationError on ``encrypted`` unless messages with ``encrypted: true`` may be sent in
+        ``channel``: always in a DM; in a guild channel only when the guild's security settings
+        allow them (``allow_encrypted_messages``, off by default; vox.services.security)."""
+        guild_id = channel["guild_id"]
+        if guild_id is None:
+            return
+        raw = await self.guilds.security_settings(guild_id)
+        if not security_settings(raw)["allow_encrypted_messages"]:
+            raise ValidationError(
+                "this guild does not allow encrypted messages",
+                {"encrypted": "not allowed in this guild (security_settings.allow_encrypted_messages)"},
+            )
 
     async def visible_channels(self, user_id: str, guild_id: str) -> list[Row] | None:
         """The guild's channels the user can see, in order; None when they are not a member."""

@@ -40,6 +40,12 @@ DEFAULT_LIMITS: dict[str, Limit] = {
     "typing": Limit(30, 10.0),
     # gateway set_status / set_activity: per user
     "presence": Limit(20, 60.0),
+    # POST /keys/claim (one-time keys are a finite resource of their owner): per claimer
+    "key_claim": Limit(60, 60.0),
+    # gateway mls_relay (each one fans out to a channel's members): per sender
+    "mls_relay": Limit(120, 60.0),
+    # gateway voice_join and voice_screen_share_start (each builds or renegotiates peers): per user
+    "voice_join": Limit(30, 60.0),
 }
 
 

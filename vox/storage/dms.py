@@ -133,6 +133,16 @@ class Dms:
 
         return await self.engine.write(fn)
 
+    async def recipient_ids(self, channel_id: str) -> list[str]:
+        """The ids of a DM's recipients, in id order; empty when no DM has that id."""
+        rows = await self.engine.read(
+            lambda c: c.fetchall(
+                "SELECT user_id FROM dm_recipients WHERE channel_id = :id ORDER BY user_id",
+                {"id": channel_id},
+            )
+        )
+        return [r["user_id"] for r in rows]
+
     async def of(self, user_id: str) -> list[DmChannel]:
         """Every DM ``user_id`` is a recipient of, the latest activity (message or creation) first."""
         dms = await self.engine.read(

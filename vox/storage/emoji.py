@@ -128,11 +128,3 @@ class Emoji:
             return row, _list(c, guild_id)
 
         return await self.engine.write(fn)
-
-    async def storage_keys(self, guild_id: str) -> list[str]:
-        """The blob keys of a guild's emoji: read them before deleting the guild, whose cascade
-        removes the rows but cannot remove the blobs."""
-        rows = await self.engine.read(
-            lambda c: c.fetchall("SELECT storage_key FROM guild_emoji WHERE guild_id = :g", {"g": guild_id})
-        )
-        return [r["storage_key"] for r in rows]

@@ -10,6 +10,7 @@ these methods trust their callers.
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from vox.storage.base import Conn, Engine, Row
 
 __all__ = [
     "AccessData",
+    "ChannelAudience",
     "GuildState",
     "Guilds",
     "JoinOutcome",
@@ -32,7 +34,7 @@ __all__ = [
 
 EVERYONE_NAME = "@everyone"
 
-_GUILD_COLS = "g.id, g.name, g.owner_id, g.icon, g.created_at"
+_GUILD_COLS = "g.id, g.name, g.owner_id, g.icon, g.security_settings, g.created_at"
 _CHANNEL_COLS = "c.id, c.guild_id, c.name, c.channel_type, c.category_id, c.position, c.created_at"
 _ROLE_COLS = "r.id, r.guild_id, r.name, r.permissions, r.position, r.is_default, r.created_at"
 _CATEGORY_COLS = "k.id, k.guild_id, k.name, k.position, k.created_at"
@@ -77,6 +79,18 @@ class Visibility:
     channels: list[Row]
     # channel id -> [(role_id, allow, deny)]
     overrides: dict[str, list[tuple[str, int, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAudience:
+    """Who might see a channel: a DM's recipients, or every member of the channel's guild with
+    what resolving their permissions in it needs."""
+
+    channel: Row
+    dm_recipients: list[str]
+    members: list[AccessData]
+    # [(role_id, allow, deny)] of this channel
+    overrides: list[tuple[str, int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,24 +194,42 @@ def _guild_overrides(c: Conn, guild_id: str) -> dict[str, list[tuple[str, int, i
     )
 
 
-def _members(c: Conn, guild_id: str, user_id: str | None = None) -> list[Row]:
+def _members(
+    c: Conn,
+    guild_id: str,
+    user_id: str | None = None,
+    *,
+    after: tuple[Any, str] | None = None,
+    limit: int | None = None,
+) -> list[Row]:
     """Member rows (joined with their user) plus ``role_ids``, assigned roles in role order."""
     params: dict[str, Any] = {"g": guild_id}
     where = " WHERE m.guild_id = :g"
-    role_where = " WHERE mr.guild_id = :g"
     if user_id is not None:
         where += " AND m.user_id = :u"
-        role_where += " AND mr.user_id = :u"
         params["u"] = user_id
-    rows = c.fetchall(_MEMBER_SELECT + where + " ORDER BY m.joined_at, m.user_id", params)
+    if after is not None:
+        where += " AND (m.joined_at > :aj OR (m.joined_at = :aj AND m.user_id > :au))"
+        params["aj"], params["au"] = after
+    page = "" if limit is None else f" LIMIT {int(limit)}"
+    rows = c.fetchall(_MEMBER_SELECT + where + " ORDER BY m.joined_at, m.user_id" + page, params)
     held: dict[str, list[str]] = defaultdict(list)
-    for r in c.fetchall(
-        "SELECT mr.user_id, mr.role_id FROM guild_member_roles mr JOIN guild_roles r ON r.id = mr.role_id"
-        + role_where
-        + _ROLE_ORDER,
-        params,
-    ):
-        held[r["user_id"]].append(r["role_id"])
+    if user_id is None and (after is not None or limit is not None):
+        # Roles of this page only.
+        names = {f"p{i}": r["user_id"] for i, r in enumerate(rows)}
+        role_where = " WHERE mr.guild_id = :g AND mr.user_id IN (" + ", ".join(f":{k}" for k in names) + ")"
+        role_params: dict[str, Any] = {"g": guild_id, **names}
+    else:
+        role_where = " WHERE mr.guild_id = :g" + (" AND mr.user_id = :u" if user_id is not None else "")
+        role_params = params
+    if rows:
+        for r in c.fetchall(
+            "SELECT mr.user_id, mr.role_id FROM guild_member_roles mr JOIN guild_roles r ON r.id = mr.role_id"
+            + role_where
+            + _ROLE_ORDER,
+            role_params,
+        ):
+            held[r["user_id"]].append(r["role_id"])
     for row in rows:
         row["role_ids"] = held.get(row["user_id"], [])
     return rows
@@ -331,26 +363,56 @@ class Guilds:
         return await self.engine.read(lambda c: _state(c, guild_id, with_overrides=with_overrides))
 
     async def update_guild(self, guild_id: str, actor_id: str, changes: dict[str, Any]) -> Row | None:
+        """Set ``name``/``icon``; ``security_settings`` (a dict) is merged into the stored JSON
+        object, so settings it does not name keep their values."""
         sets, params = _set_clause(changes, frozenset({"name", "icon"}))
+        security: dict[str, Any] = changes.get("security_settings") or {}
 
         def fn(c: Conn) -> Row | None:
-            if sets:
-                c.execute(f"UPDATE guilds SET {sets} WHERE id = :g", {**params, "g": guild_id})
-                _audit(c, actor_id, "guild_update", guild_id, "guild", guild_id, params)
+            assignments, values, details = sets, dict(params), dict(params)
+            if security:
+                lock = " FOR UPDATE" if c.dialect == "postgres" else ""
+                raw = c.fetchval("SELECT security_settings FROM guilds WHERE id = :g" + lock, {"g": guild_id})
+                if raw is None:
+                    return None
+                merged = {**json.loads(raw or "{}"), **security}
+                assignments = ", ".join(filter(None, [sets, "security_settings = :security_settings"]))
+                values["security_settings"] = json.dumps(merged, sort_keys=True)
+                details["security_settings"] = security
+            if assignments:
+                c.execute(f"UPDATE guilds SET {assignments} WHERE id = :g", {**values, "g": guild_id})
+                _audit(c, actor_id, "guild_update", guild_id, "guild", guild_id, details)
             return c.fetchone(f"SELECT {_GUILD_COLS} FROM guilds g WHERE g.id = :g", {"g": guild_id})
 
         return await self.engine.write(fn)
 
-    async def delete_guild(self, guild_id: str, actor_id: str) -> Row | None:
-        """Delete the guild and, by cascade, everything in it; return the guild as it was."""
+    async def security_settings(self, guild_id: str) -> str | None:
+        """The guild's stored security settings (a JSON object as text); None: no such guild."""
+        raw = await self.engine.read(
+            lambda c: c.fetchval("SELECT security_settings FROM guilds WHERE id = :g", {"g": guild_id})
+        )
+        return None if raw is None else str(raw)
 
-        def fn(c: Conn) -> Row | None:
+    async def delete_guild(self, guild_id: str, actor_id: str) -> tuple[Row, list[str]] | None:
+        """Delete the guild and, by cascade, everything in it; return the guild as it was and
+        the blob keys of its attachments and emoji (the cascade removes the rows that name
+        them; the caller removes the blobs). Read in the same transaction, so a file added
+        meanwhile cannot be missed."""
+
+        def fn(c: Conn) -> tuple[Row, list[str]] | None:
             guild = c.fetchone(f"SELECT {_GUILD_COLS} FROM guilds g WHERE g.id = :g", {"g": guild_id})
             if guild is None:
                 return None
+            keys = _blob_keys(c, "m.guild_id", guild_id)
+            keys += [
+                r["storage_key"]
+                for r in c.fetchall(
+                    "SELECT storage_key FROM guild_emoji WHERE guild_id = :g", {"g": guild_id}
+                )
+            ]
             c.execute("DELETE FROM guilds WHERE id = :g", {"g": guild_id})
             _audit(c, actor_id, "guild_delete", guild_id, "guild", guild_id, {"name": guild["name"]})
-            return guild
+            return guild, keys
 
         return await self.engine.write(fn)
 
@@ -383,6 +445,45 @@ class Guilds:
                 {"id": channel_id},
             )
             return channel, access, [(r["role_id"], int(r["allow"]), int(r["deny"])) for r in rows], False
+
+        return await self.engine.read(fn)
+
+    async def channel_audience(self, channel_id: str) -> ChannelAudience | None:
+        """Everyone who might view the channel, in a fixed number of queries; None: no channel."""
+
+        def fn(c: Conn) -> ChannelAudience | None:
+            channel = c.fetchone(
+                f"SELECT {_CHANNEL_COLS} FROM channels c WHERE c.id = :id", {"id": channel_id}
+            )
+            if channel is None:
+                return None
+            if channel["guild_id"] is None:
+                rows = c.fetchall(
+                    "SELECT user_id FROM dm_recipients WHERE channel_id = :id ORDER BY user_id",
+                    {"id": channel_id},
+                )
+                return ChannelAudience(channel, [r["user_id"] for r in rows], [], [])
+            p = {"g": channel["guild_id"]}
+            owner = c.fetchval("SELECT owner_id FROM guilds WHERE id = :g", p)
+            roles = c.fetchall(
+                "SELECT id, permissions, position, is_default FROM guild_roles WHERE guild_id = :g", p
+            )
+            held: dict[str, list[Row]] = defaultdict(list)
+            for r in c.fetchall("SELECT user_id, role_id FROM guild_member_roles WHERE guild_id = :g", p):
+                held[r["user_id"]].append(r)
+            members = [
+                _make_access(p["g"], m["user_id"], owner, m["timeout_until"], roles, held[m["user_id"]])
+                for m in c.fetchall(
+                    "SELECT user_id, timeout_until FROM guild_members WHERE guild_id = :g ORDER BY user_id", p
+                )
+            ]
+            overrides = c.fetchall(
+                "SELECT role_id, allow, deny FROM channel_overrides WHERE channel_id = :id",
+                {"id": channel_id},
+            )
+            return ChannelAudience(
+                channel, [], members, [(r["role_id"], int(r["allow"]), int(r["deny"])) for r in overrides]
+            )
 
         return await self.engine.read(fn)
 
@@ -517,16 +618,20 @@ class Guilds:
 
         return await self.engine.write(fn)
 
-    async def delete_channel(self, channel_id: str, actor_id: str) -> Row | None:
-        def fn(c: Conn) -> Row | None:
+    async def delete_channel(self, channel_id: str, actor_id: str) -> tuple[Row, list[str]] | None:
+        """Delete the channel (its messages go by cascade); return it as it was and the blob
+        keys of its attachments, read in the same transaction."""
+
+        def fn(c: Conn) -> tuple[Row, list[str]] | None:
             row = c.fetchone(f"SELECT {_CHANNEL_COLS} FROM channels c WHERE c.id = :id", {"id": channel_id})
             if row is None:
                 return None
+            keys = _blob_keys(c, "m.channel_id", channel_id)
             c.execute("DELETE FROM channels WHERE id = :id", {"id": channel_id})
             _audit(
                 c, actor_id, "channel_delete", row["guild_id"], "channel", channel_id, {"name": row["name"]}
             )
-            return row
+            return row, keys
 
         return await self.engine.write(fn)
 
@@ -680,8 +785,24 @@ class Guilds:
         return await self.engine.write(fn)
 
     # -- members ----------------------------------------------------------------------------
-    async def members(self, guild_id: str) -> list[Row]:
-        return await self.engine.read(lambda c: _members(c, guild_id))
+    async def members(
+        self, guild_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[Row] | None:
+        """Members in join order (then user id); a page of ``limit`` after member ``after``
+        (keyset on joined_at, user_id). None when ``after`` is not a member."""
+
+        def fn(c: Conn) -> list[Row] | None:
+            if after is None:
+                return _members(c, guild_id, limit=limit)
+            joined = c.fetchval(
+                "SELECT joined_at FROM guild_members WHERE guild_id = :g AND user_id = :u",
+                {"g": guild_id, "u": after},
+            )
+            if joined is None:
+                return None
+            return _members(c, guild_id, after=(joined, after), limit=limit)
+
+        return await self.engine.read(fn)
 
     async def member(self, guild_id: str, user_id: str) -> Row | None:
         return await self.engine.read(lambda c: _member(c, guild_id, user_id))
@@ -982,3 +1103,13 @@ class Guilds:
             )
 
         return await self.engine.read(fn)
+
+
+def _blob_keys(c: Conn, column: str, value: str) -> list[str]:
+    """Blob keys of the attachments of every message whose ``column`` is ``value``."""
+    rows = c.fetchall(
+        "SELECT a.storage_key FROM file_attachments a JOIN messages m ON m.id = a.message_id"
+        f" WHERE {column} = :v",
+        {"v": value},
+    )
+    return [r["storage_key"] for r in rows]

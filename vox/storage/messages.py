@@ -232,23 +232,6 @@ class Messages:
 
         return await self.engine.read(fn)
 
-    async def attachment_keys(
-        self, *, guild_id: str | None = None, channel_id: str | None = None
-    ) -> list[str]:
-        """Blob keys of every attachment in a guild or a channel (read before deleting it: the
-        rows go with a cascade, the blobs must be removed by hand)."""
-        column, value = ("m.guild_id", guild_id) if guild_id is not None else ("m.channel_id", channel_id)
-        return await self.engine.read(
-            lambda c: [
-                r["storage_key"]
-                for r in c.fetchall(
-                    "SELECT a.storage_key FROM file_attachments a JOIN messages m ON m.id = a.message_id"
-                    f" WHERE {column} = :v",
-                    {"v": value},
-                )
-            ]
-        )
-
     async def guild_emoji_exists(self, guild_id: str, name: str) -> bool:
         return (
             await self.engine.read(

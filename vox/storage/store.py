@@ -12,6 +12,7 @@ from vox.storage.dms import Dms
 from vox.storage.emoji import Emoji
 from vox.storage.friends import Friends
 from vox.storage.guilds import Guilds
+from vox.storage.keys import DeviceKeys
 from vox.storage.messages import Messages
 
 __all__ = ["Store"]
@@ -26,6 +27,7 @@ class Store:
         self.dms = Dms(engine)
         self.friends = Friends(engine)
         self.emoji = Emoji(engine)
+        self.keys = DeviceKeys(engine)
 
     async def ping(self) -> None:
         """Raise StorageError unless the database answers."""

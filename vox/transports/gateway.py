@@ -68,6 +68,7 @@ async def serve_gateway(
 ) -> None:
     async with trio.open_nursery() as sessions_nursery:
         server = GatewayServer(ctx, SessionRegistry(ctx, sessions_nursery))
+        sessions_nursery.start_soon(server.sessions.run_timers)
         await _serve_connections(ctx, server, task_status)
         # Every connection is closed; end the sessions (presence goes offline) and stop.
         server.sessions.end_all()
@@ -91,5 +92,8 @@ async def _serve_connections(ctx: Context, server: GatewayServer, task_status: t
             task_status.started(ws_server.port)
             await ctx.draining.wait()
             listener.cancel_scope.cancel()
-        # Connections watch ctx.draining and close themselves with 1001; give them the grace period.
+        for conn in list(server.open):
+            conn.close_soon(CloseCode.GOING_AWAY, "server shutting down")
+        # Each connection closes with 1001 (a handshake that was under way sees ctx.draining as it
+        # starts); give them the grace period.
         connections.cancel_scope.deadline = trio.current_time() + ctx.config.shutdown_grace_s

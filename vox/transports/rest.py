@@ -20,7 +20,8 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from vox.api import auth, channels, dms, emoji, friends, guilds, invites, messages, ops, users
+from vox.api import auth, calls, channels, dms, emoji, friends, guilds, invites, keys, messages, ops, users
+from vox.api import voice as voice_api
 from vox.context import Context
 from vox.errors import APIError
 from vox.services.uploads import DEFAULT_LIMITS
@@ -66,7 +67,7 @@ def create_app(ctx: Context) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     for blueprint in (
         *(ops.bp, auth.bp, users.bp, guilds.bp, channels.bp, invites.bp, messages.bp),
-        *(dms.bp, friends.bp, emoji.bp),
+        *(dms.bp, calls.bp, friends.bp, emoji.bp, keys.bp, voice_api.bp),
     ):
         app.register_blueprint(blueprint)
 

@@ -1,0 +1,56 @@
+"""The trio-asyncio cancellation fix (vox.nurseries.bridge; stack-notes pitfall 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from importlib.metadata import version
+
+import pytest
+import trio
+import trio_asyncio
+
+from vox.nurseries import bridge
+
+
+async def _cancel_during_executor() -> asyncio.Task[str]:
+    """An asyncio task awaiting run_in_executor, cancelled while the thread still runs."""
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+
+    async def waiter() -> str:
+        return await loop.run_in_executor(None, lambda: (release.wait(5), "thread result")[1])
+
+    task = loop.create_task(waiter())
+    await asyncio.sleep(0.05)  # the thread is running now
+    task.cancel()
+    await asyncio.sleep(0.05)
+    release.set()  # the thread finishes after the cancellation
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), 2)
+    return task
+
+
+@pytest.mark.skipif(version("trio-asyncio") not in bridge.FIXED_VERSIONS, reason="fix not applicable")
+async def test_cancelled_executor_wait_ends_cancelled() -> None:
+    assert bridge.apply_cancellation_fix()
+    async with trio_asyncio.open_loop():
+        task = await trio_asyncio.aio_as_trio(_cancel_during_executor)()
+    assert task.done()
+    assert task.cancelled(), f"the cancellation was lost: the task returned {task.result()!r}"
+
+
+async def test_bounded_abandons_a_close_that_hangs() -> None:
+    async def never() -> None:
+        await asyncio.sleep(3600)
+
+    async with trio_asyncio.open_loop():
+        started = trio.current_time()
+        assert not await bridge.bounded(never, timeout=0.2)
+        assert trio.current_time() - started < 1
+
+        async def quick() -> None:
+            await asyncio.sleep(0)
+
+        assert await bridge.bounded(quick, timeout=1)

@@ -1,0 +1,68 @@
+"""Gateway voice signaling: the ``voice_*`` client requests (protocol.md sections 6 and 8).
+
+The gateway connection hands every request named in ``VOICE_REQUESTS`` here. A refused request
+is answered with a ``voice_error {code, message, request}`` frame to that connection; the
+connection stays open (voice state races with permissions and with other devices).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from vox.context import Context
+from vox.errors import APIError
+from vox.protocol.gateway import control_frame
+from vox.services.voice import VoiceError
+
+__all__ = ["VOICE_REQUESTS", "voice_request"]
+
+log = logging.getLogger("vox.voice")
+
+VOICE_REQUESTS = frozenset(
+    {
+        "voice_join",
+        "voice_leave",
+        "voice_answer",
+        "voice_ice_candidate",
+        "voice_mute",
+        "voice_unmute",
+        "voice_screen_share_start",
+        "voice_screen_share_stop",
+        "voice_stats",
+    }
+)
+
+
+async def voice_request(
+    ctx: Context, user_id: str, conn_id: int, send: Callable[[str], None], type_: str, d: dict[str, Any]
+) -> None:
+    voice = ctx.voice
+    try:
+        if voice is None:
+            raise VoiceError("unavailable", "voice is not available on this server")
+        if type_ in ("voice_join", "voice_screen_share_start"):
+            await ctx.limiter.take("voice_join", user_id)
+        if type_ == "voice_join":
+            if d.get("transport", "webrtc") != "webrtc":
+                raise VoiceError("unsupported_transport", "only transport webrtc is supported here")
+            await voice.join(user_id, d.get("channel_id"), conn_id, send)  # type: ignore[arg-type]
+        elif type_ == "voice_leave":
+            await voice.leave(user_id)
+        elif type_ == "voice_answer":
+            await voice.answer(user_id, conn_id, d.get("sdp"))
+        elif type_ == "voice_ice_candidate":
+            await voice.ice_candidate(user_id, conn_id, d)
+        elif type_ in ("voice_mute", "voice_unmute"):
+            await voice.set_self_muted(user_id, conn_id, type_ == "voice_mute")
+        elif type_ == "voice_screen_share_start":
+            await voice.screen_share_start(user_id, conn_id, d.get("quality"))
+        elif type_ == "voice_screen_share_stop":
+            await voice.screen_share_stop(user_id, conn_id)
+        elif type_ == "voice_stats":
+            await voice.stats(user_id, conn_id, d)
+    except (VoiceError, APIError) as exc:
+        body = exc.body() if isinstance(exc, VoiceError) else exc.body()["error"]
+        log.info("voice request refused", extra={"fields": {"user_id": user_id, "request": type_, **body}})
+        send(control_frame("voice_error", {"request": type_, **body}))
