@@ -334,8 +334,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "voice_udp_ports",
         str,
-        'UDP port range "min-max" for WebRTC media. Not enforced yet (aioice picks ephemeral ports); '
-        "a warning is logged when set.",
+        'UDP port range "min-max" for WebRTC media: each ICE host candidate binds a free port in '
+        "it (a peer uses one port per host address); empty: ephemeral ports.",
         _port_range,
     ),
     Field(

@@ -288,9 +288,134 @@ async def test_room_limit_and_one_channel_at_a_time(vd: Daemon, api: Api, loop: 
         assert moved == {"user_id": users[1].id, "channel_id": other["id"]}
         await c.wait_event("voice_user_joined", lambda e: e["user_id"] == users[1].id)
         await hearing(c, {TONES[1]})
+        # A server mute follows the member to the channel they are moved to.
+        await api.ok(users[0], "POST", f"/channels/{other['id']}/voice/{users[1].id}/mute")
+        await silenced(c, TONES[1], set())
+        a.events.clear()  # earlier room states listed B before the first move
+        back = await api.ok(
+            users[0],
+            "POST",
+            f"/channels/{other['id']}/voice/{users[1].id}/move",
+            {"target_channel_id": channel["id"]},
+        )
+        assert back["channel_id"] == channel["id"]
+        state = await a.wait_event(
+            "voice_room_state", lambda e: any(p["user_id"] == users[1].id for p in e["participants"])
+        )
+        moved_b = next(p for p in state["participants"] if p["user_id"] == users[1].id)
+        assert moved_b["server_muted"] is True
+        await trio.sleep(1.5)
+        assert not any(_recent(r) for r in a.audio_tracks()), "a moved server-muted member was heard"
+        unmute = f"/channels/{channel['id']}/voice/{users[1].id}/mute"
+        await api.ok(users[0], "POST", unmute, {"muted": False})
+        await hearing(a, {TONES[1]})
+        await api.ok(
+            users[0],
+            "POST",
+            f"/channels/{channel['id']}/voice/{users[1].id}/move",
+            {"target_channel_id": other["id"]},
+        )
+        await c.wait_event("voice_user_joined", lambda e: e["user_id"] == users[1].id)
+        await hearing(c, {TONES[1]})
         await hearing(b, {TONES[2]})
         missing = await api.call(users[0], "POST", f"/channels/{channel['id']}/voice/{users[3].id}/mute")
         assert missing.status_code == 404
+
+
+async def test_rights_that_change_during_a_call_apply_at_once(vd: Daemon, api: Api, loop: None) -> None:
+    users, guild, channel = await setup(api, 3)
+    owner, b_user, c_user = users
+    async with (
+        voice_client(vd, owner.token, "a", TONES[0]) as a,
+        voice_client(vd, b_user.token, "b", TONES[1]) as b,
+        voice_client(vd, c_user.token, "c", TONES[2]) as c,
+    ):
+        for client in (a, b, c):
+            await client.send("voice_join", {"channel_id": channel["id"]})
+        await hearing(a, {TONES[1], TONES[2]})
+
+        # @everyone loses VOICE_SPEAK: B and C fall silent at the owner (who keeps every right).
+        await api.everyone(owner, guild["id"], DEFAULT_EVERYONE & ~Permission.VOICE_SPEAK)
+        await wait_until(lambda: not any(_recent(r, 0.3) for r in a.audio_tracks()), 5, "B and C silenced")
+        await hearing(b, {TONES[0]})
+        await api.everyone(owner, guild["id"], DEFAULT_EVERYONE)
+        await hearing(a, {TONES[1], TONES[2]})
+
+        # A kick (announced on the member's own topic) takes C out of the room.
+        await api.ok(owner, "DELETE", f"/guilds/{guild['id']}/members/{c_user.id}", status=204)
+        removed = await c.wait_event("voice_error", lambda e: e.get("removed"))
+        assert removed["code"] == "not_found" and removed["request"] is None
+        await a.wait_event("voice_user_left", lambda e: e["user_id"] == c_user.id)
+
+        # @everyone loses VOICE_CONNECT (announced on the guild topic): B is taken out too.
+        await api.everyone(owner, guild["id"], DEFAULT_EVERYONE & ~Permission.VOICE_CONNECT)
+        removed = await b.wait_event("voice_error", lambda e: e.get("removed"))
+        assert removed["code"] == "missing_permission" and removed["missing_permission"] == "VOICE_CONNECT"
+        state = await a.wait_event("voice_room_state", lambda e: len(e["participants"]) == 1)
+        assert [p["user_id"] for p in state["participants"]] == [owner.id]
+        assert metric(await metrics(api), "vox_voice_peers") == 1
+
+
+async def test_dm_call_and_its_media_end_together(vd: Daemon, api: Api, loop: None) -> None:
+    x = await api.user("xena")
+    y = await api.user("yuri")
+    guild = await api.guild(x)
+    await api.join(x, y, guild["id"])
+    dm = await api.ok(x, "POST", "/dms", {"recipients": [y.id]}, 201)
+    call = f"/dms/{dm['id']}/call"
+    async with (
+        voice_client(vd, x.token, "x", TONES[0]) as xc,
+        voice_client(vd, y.token, "y", TONES[1]) as yc,
+    ):
+        await api.ok(x, "POST", call, status=201)
+        await xc.send("voice_join", {"channel_id": dm["id"]})
+        await yc.wait_event("call_ringing")
+        await api.ok(y, "POST", f"{call}/join")
+        await yc.send("voice_join", {"channel_id": dm["id"]})
+        await hearing(xc, {TONES[1]})
+        await hearing(yc, {TONES[0]})
+
+        # Leaving the call over REST (from any device) takes that user's media out of the room.
+        await api.ok(y, "POST", f"{call}/leave")
+        removed = await yc.wait_event("voice_error", lambda e: e.get("removed"))
+        assert removed["code"] == "not_in_call"
+        await xc.wait_event("voice_user_left", lambda e: e["user_id"] == y.id)
+        assert (await api.ok(x, "GET", call))["participants"] == [x.id]
+
+        # The last participant's media going away (here: their connection drops) ends the call.
+        await xc.ws.aclose()
+        ended = await yc.wait_event("call_ended", lambda e: e["channel_id"] == dm["id"])
+        assert ended["reason"] == "last_participant_left"
+    state = await api.ok(y, "GET", call)
+    assert state["state"] == "ended" and state["participants"] == []
+    assert metric(await metrics(api), "vox_voice_peers") == 0
+
+
+async def test_media_ports_stay_in_the_configured_range(
+    nursery: trio.Nursery, tmp_path: Path, loop: None
+) -> None:
+    daemon = await start_daemon(
+        nursery, tmp_path, voice_host_addresses="127.0.0.1", voice_udp_ports="41000-41003"
+    )
+    async with httpx.AsyncClient(base_url=daemon.rest, timeout=10) as http:
+        users, _guild, channel = await setup(Api(http), 2)
+        async with (
+            voice_client(daemon, users[0].token, "a", TONES[0]) as a,
+            voice_client(daemon, users[1].token, "b", TONES[1]) as b,
+        ):
+            for client in (a, b):
+                await client.send("voice_join", {"channel_id": channel["id"]})
+            await hearing(b, {TONES[0]})
+            await hearing(a, {TONES[1]})
+            ports = set()
+            for client in (a, b):
+                sdp = next(f["d"]["sdp"] for f in client.events if f["type"] == "voice_offer")
+                lines = [line for line in sdp.splitlines() if line.startswith("a=candidate:")]
+                ports |= {int(line.split()[5]) for line in lines}
+            assert len(ports) == 2 and ports <= set(range(41000, 41004)), ports
+    daemon.stop.set()
+    with trio.fail_after(15):
+        await daemon.done.wait()
 
 
 async def test_shutdown_with_three_active_peers(nursery: trio.Nursery, tmp_path: Path, loop: None) -> None:

@@ -115,9 +115,7 @@ async def run_daemon(
         # The SFU's trio_asyncio loop and peer nursery: closed after the listeners (so connection
         # teardown can still reach it), before the broker and storage.
         ctx.voice = await stack.enter_async_context(
-            open_voice(
-                config, permissions, broker, store.accounts, ctx.metrics, lambda: getattr(ctx, "calls", None)
-            )
+            open_voice(config, permissions, broker, store.accounts, ctx.metrics, ctx.calls)
         )
         async with trio.open_nursery() as nursery:
             # Ends unanswered DM calls started here at their ring deadline; returns when draining.

@@ -24,7 +24,6 @@ no slot is free.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 import uuid
@@ -38,15 +37,17 @@ import aioice.ice
 import trio
 
 from vox.config import Config
-from vox.errors import APIError, MissingPermission, NotFound, ValidationError
+from vox.errors import APIError, MissingPermission, NotFound, ValidationError, VoxError
 from vox.metrics import Metrics
 from vox.nurseries.bridge import aio, bounded, open_bridge
 from vox.protocol.gateway import control_frame
 from vox.protocol.permissions import Permission
 from vox.pubsub import Broker
+from vox.services.calls import CallService
 from vox.services.guild_events import user_topic
 from vox.services.permissions import PermissionService, require
 from vox.services.publish import publish_event
+from vox.services.voice_access import VoiceAccessWatch
 from vox.storage.accounts import Accounts
 from vox.transports import webrtc
 
@@ -61,7 +62,7 @@ _STATUS = {"not_found": 404, "missing_permission": 403, "not_in_call": 403, "roo
 EVENT_TIMEOUT_S = 2.0
 
 
-class VoiceError(Exception):
+class VoiceError(VoxError):
     """Refused voice request: answered with ``voice_error {code, message}``, never a close."""
 
     def __init__(self, code: str, message: str, **extra: Any) -> None:
@@ -107,6 +108,8 @@ class Participant:
     lock: trio.Lock = field(default_factory=trio.Lock)
     renegotiate: bool = False
     keyframe_asked: float = 0.0
+    # Set when the peer goes because the user is no longer in the DM call (nothing to leave).
+    out_of_call: bool = False
     # A new peer connection (a join, a switch of channel, a move) gets a new id; an offer with an
     # id the client already answered is a renegotiation of the same connection.
     peer_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -135,6 +138,7 @@ class Participant:
 @dataclass(eq=False)
 class Room:
     channel_id: str
+    guild_id: str | None  # None for a DM call's room
     participants: dict[str, Participant] = field(default_factory=dict)
 
     def state(self) -> dict[str, Any]:
@@ -158,7 +162,7 @@ class VoiceService:
         accounts: Accounts,
         metrics: Metrics,
         nursery: trio.Nursery,
-        calls: Callable[[], Any],
+        calls: CallService,
     ) -> None:
         self.config = config
         self.permissions = permissions
@@ -166,13 +170,16 @@ class VoiceService:
         self.accounts = accounts
         self.metrics = metrics
         self.nursery = nursery
-        self._calls = calls
+        self.calls = calls
         self.rooms: dict[str, Room] = {}
         self.by_user: dict[str, Participant] = {}
         self.abandoned = 0  # peer connections that did not close in time
         self.forwarded = 0  # frames handed to outbound tracks
         self.rtc_config = webrtc.ice_configuration(
             webrtc.parse_ice_servers(config.ice_servers, config.ice_username, config.ice_credential)
+        )
+        self.watch = VoiceAccessWatch(
+            broker, self._members_of, lambda: list(self.by_user), self._recheck_user
         )
 
     # -- queries ------------------------------------------------------------------------------
@@ -184,20 +191,16 @@ class VoiceService:
         return None if room is None else room.state()
 
     # -- join / leave -------------------------------------------------------------------------
-    async def _check_channel(self, user_id: str, channel_id: str) -> int:
-        """The user's permissions in a voice channel they may connect to, or VoiceError."""
+    async def _check_channel(self, user_id: str, channel_id: str) -> tuple[int, str | None]:
+        """The user's permissions in a voice channel they may connect to and its guild id (None
+        for a DM, whose call they must be in), or VoiceError."""
         try:
             perms, channel = await self.permissions.channel_permissions(user_id, channel_id)
         except NotFound:
             raise VoiceError("not_found", "channel not found") from None
-        if channel["guild_id"] is None:
-            calls = self._calls()
-            check = getattr(calls, "is_participant", None) if calls is not None else None
-            allowed = False
-            if check is not None:
-                result = check(channel_id, user_id)
-                allowed = bool(await result) if inspect.isawaitable(result) else bool(result)
-            if not allowed:
+        guild_id = channel["guild_id"]
+        if guild_id is None:
+            if not await self.calls.is_participant(channel_id, user_id):
                 raise VoiceError("not_in_call", "join the DM call first")
         elif channel.get("channel_type") != "voice":
             raise VoiceError("not_voice_channel", "not a voice channel")
@@ -205,12 +208,16 @@ class VoiceService:
             require(perms, Permission.VOICE_CONNECT)
         except MissingPermission as exc:
             raise VoiceError(exc.code, exc.message, **exc.extra) from None
-        return perms
+        return perms, None if guild_id is None else str(guild_id)
 
-    async def join(self, user_id: str, channel_id: str, conn_id: int, send: Send) -> None:
+    async def join(
+        self, user_id: str, channel_id: str, conn_id: int, send: Send, *, keep: Participant | None = None
+    ) -> None:
+        """``keep``: the participant's previous peer when a moderator moves them; its mute and
+        deafen state carries over to the new room."""
         if not isinstance(channel_id, str) or not 0 < len(channel_id) <= 64:
             raise VoiceError("validation_error", "voice_join needs d.channel_id")
-        perms = await self._check_channel(user_id, channel_id)
+        perms, guild_id = await self._check_channel(user_id, channel_id)
         existing = self.by_user.get(user_id)
         if existing is not None:
             await self._leave(existing)
@@ -229,6 +236,8 @@ class VoiceService:
             pc=pc,
             can_speak=bool(perms & Permission.VOICE_SPEAK),
         )
+        if keep is not None:
+            p.self_muted, p.server_muted, p.deafened = keep.self_muted, keep.server_muted, keep.deafened
         try:
             mic = await aio(webrtc.add_transceiver, pc, "audio", "recvonly")
         except BaseException:
@@ -237,7 +246,7 @@ class VoiceService:
         p.mic = mic.receiver
         webrtc.hook_receiver(p.mic, self._forwarder(p, "audio"), per_packet=True)
         # Another join may have filled or created the room while we awaited.
-        room = self.rooms.setdefault(channel_id, Room(channel_id))
+        room = self.rooms.setdefault(channel_id, Room(channel_id, guild_id))
         if len(room.participants) >= self.config.voice_room_limit or user_id in self.by_user:
             await self._close_pc(p)
             if not room.participants:
@@ -249,6 +258,7 @@ class VoiceService:
         room.participants[user_id] = p
         self.by_user[user_id] = p
         await self.nursery.start(self._own, p)
+        await self.watch.track(user_id, guild_id)
         changed: set[Participant] = {p}
         for other in others:
             if await self._route(other, p, "audio"):
@@ -312,9 +322,66 @@ class VoiceService:
                 d = {"channel_id": p.channel_id, "user_id": p.user_id}
                 with trio.move_on_after(EVENT_TIMEOUT_S):
                     await self._publish(room, "voice_user_left", d, also=[p.user_id])
+                with trio.move_on_after(EVENT_TIMEOUT_S):
+                    await self.watch.untrack(p.user_id, room.guild_id)
+                if room.guild_id is None and not p.out_of_call:
+                    with trio.move_on_after(EVENT_TIMEOUT_S):
+                        await self._leave_call(p)
         finally:
             p.done.set()
             log.info("voice left", extra={"fields": {"user_id": p.user_id, "channel_id": p.channel_id}})
+
+    async def _leave_call(self, p: Participant) -> None:
+        """A DM call's media is its call: whoever drops out of the room (voice_leave, a closed
+        connection, joining another channel, shutdown) leaves the call too, so the call ends when
+        the last one goes instead of staying "active" with nobody connected."""
+        try:
+            await self.calls.leave(p.user_id, p.channel_id)
+        except VoxError as exc:  # the call or DM is gone, or storage/Redis failed
+            log.info(
+                "voice peer left; call not left",
+                extra={"fields": {"user_id": p.user_id, "channel_id": p.channel_id, "error": str(exc)}},
+            )
+
+    def _members_of(self, guild_id: str) -> list[str]:
+        return [u for room in self.rooms.values() if room.guild_id == guild_id for u in room.participants]
+
+    async def _recheck_user(self, user_id: str) -> None:
+        p = self.by_user.get(user_id)
+        if p is not None:
+            await self.recheck(p)
+
+    async def recheck(self, p: Participant) -> None:
+        """Apply the participant's current rights (vox.services.voice_access says when): without
+        VOICE_CONNECT, the channel or the DM call they leave the room (told by a voice_error
+        with the reason); without VOICE_SPEAK their audio stops; without SCREEN_SHARE their
+        share stops."""
+        try:
+            perms, _guild_id = await self._check_channel(p.user_id, p.channel_id)
+        except VoiceError as exc:
+            if self.by_user.get(p.user_id) is not p or p.scope.cancel_called:
+                return
+            log.info(
+                "voice access lost",
+                extra={"fields": {"user_id": p.user_id, "channel_id": p.channel_id, "code": exc.code}},
+            )
+            p.out_of_call = exc.code == "not_in_call"
+            p.send(control_frame("voice_error", {"request": None, "removed": True, **exc.body()}))
+            p.scope.cancel()
+            return
+        except VoxError as exc:  # storage unavailable: keep the peer, the next change checks again
+            fields = {"user_id": p.user_id, "error": str(exc)}
+            log.warning("voice access check failed", extra={"fields": fields})
+            return
+        if self.by_user.get(p.user_id) is not p:
+            return
+        room = self.rooms.get(p.channel_id)
+        can_speak = bool(perms & Permission.VOICE_SPEAK)
+        if can_speak != p.can_speak and room is not None:
+            p.can_speak = can_speak
+            await self._publish(room, "voice_room_state", room.state())
+        if p.screen_sharing and not perms & Permission.SCREEN_SHARE:
+            await self._stop_share(p)
 
     async def _close_pc(self, p: Participant) -> None:
         if not await bounded(webrtc.close_peer, p.pc, timeout=self.config.voice_close_timeout_s):
@@ -488,7 +555,7 @@ class VoiceService:
         p = self._signaling_peer(user_id, conn_id)
         if quality is not None and (not isinstance(quality, str) or len(quality) > 32):
             raise VoiceError("validation_error", "quality must be a short string")
-        perms = await self._check_channel(user_id, p.channel_id)
+        perms, _guild_id = await self._check_channel(user_id, p.channel_id)
         if not perms & Permission.SCREEN_SHARE:
             raise VoiceError(
                 "missing_permission", "missing permission SCREEN_SHARE", missing_permission="SCREEN_SHARE"
@@ -519,6 +586,9 @@ class VoiceService:
         p = self._signaling_peer(user_id, conn_id)
         if not p.screen_sharing:
             raise VoiceError("not_sharing", "not sharing the screen")
+        await self._stop_share(p)
+
+    async def _stop_share(self, p: Participant) -> None:
         p.screen_sharing, p.screen_quality = False, None
         room = self.rooms[p.channel_id]
         for q in room.participants.values():
@@ -576,7 +646,7 @@ class VoiceService:
         if channel.get("channel_type") != "voice":
             raise ValidationError("not a voice channel", {"target_channel_id": "not a voice channel"})
         try:
-            await self.join(target, target_channel_id, p.conn_id, p.send)
+            await self.join(target, target_channel_id, p.conn_id, p.send, keep=p)
         except VoiceError as exc:
             error = APIError(exc.message, code=exc.code, **exc.extra)
             error.status = _STATUS.get(exc.code, 400)
@@ -610,7 +680,7 @@ async def open_voice(
     broker: Broker,
     accounts: Accounts,
     metrics: Metrics,
-    calls: Callable[[], Any],
+    calls: CallService,
 ) -> AsyncIterator[VoiceService]:
     """The SFU: the trio_asyncio loop and the nursery owning every peer. On exit every peer is
     torn down concurrently, each close bounded by ``voice_close_timeout_s``."""
@@ -622,14 +692,13 @@ async def open_voice(
     try:
         async with open_bridge() as loop, trio.open_nursery() as nursery:
             service = VoiceService(config, permissions, broker, accounts, metrics, nursery, calls)
+            await nursery.start(service.watch.run)
             metrics.voice_peers.set_function(lambda: len(service.by_user))
             metrics.voice_forwarded.set_function(lambda: service.forwarded)
             metrics.voice_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
             if config.voice_udp_ports:
-                log.warning(
-                    "voice_udp_ports is not enforced: aioice binds ephemeral UDP ports",
-                    extra={"fields": {"voice_udp_ports": config.voice_udp_ports}},
-                )
+                low, _, high = config.voice_udp_ports.partition("-")
+                webrtc.restrict_udp_ports(loop, int(low), int(high))
             try:
                 yield service
             finally:

@@ -17,6 +17,7 @@ frame the cost is one depayload + jitter-buffer insert on the way in, and per re
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import queue
 from collections.abc import Callable
@@ -44,6 +45,7 @@ __all__ = [
     "hook_receiver",
     "ice_configuration",
     "parse_ice_servers",
+    "restrict_udp_ports",
 ]
 
 log = logging.getLogger("vox.webrtc")
@@ -238,3 +240,35 @@ async def add_candidate(
 
 async def close_peer(pc: RTCPeerConnection) -> None:
     await pc.close()
+
+
+def restrict_udp_ports(loop: asyncio.AbstractEventLoop, low: int, high: int) -> None:
+    """Make ``loop`` bind every UDP socket that asks for "any port" to a free port in
+    ``low``-``high`` instead (for firewalls that open one range to the SFU).
+
+    aioice binds each ICE host candidate with ``loop.create_datagram_endpoint(local_addr=(addr,
+    0))`` and has no port option; the loop is the SFU's own, so replacing the method on this one
+    loop object changes nothing else in the process.
+    """
+    original = loop.create_datagram_endpoint
+    span = high - low + 1
+    cursor = [0]  # where the next search starts, so released ports are not retried first
+
+    async def create_datagram_endpoint(protocol_factory: Any, local_addr: Any = None, **kw: Any) -> Any:
+        if local_addr is None or local_addr[1] != 0:
+            return await original(protocol_factory, local_addr=local_addr, **kw)
+        for i in range(span):
+            port = low + (cursor[0] + i) % span
+            try:
+                result = await original(protocol_factory, local_addr=(local_addr[0], port), **kw)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            cursor[0] = (port - low + 1) % span
+            return result
+        # aioice swallows this OSError (the peer just lacks that candidate): say it here.
+        log.warning("no free UDP port for a voice peer", extra={"fields": {"range": f"{low}-{high}"}})
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {low}-{high} on {local_addr[0]}")
+
+    loop.create_datagram_endpoint = create_datagram_endpoint  # type: ignore[method-assign,assignment]
