@@ -336,7 +336,7 @@ async def test_rights_that_change_during_a_call_apply_at_once(vd: Daemon, api: A
 
         # @everyone loses VOICE_SPEAK: B and C fall silent at the owner (who keeps every right).
         await api.everyone(owner, guild["id"], DEFAULT_EVERYONE & ~Permission.VOICE_SPEAK)
-        await wait_until(lambda: not any(_recent(r, 0.3) for r in a.audio_tracks()), 5, "B and C silenced")
+        await wait_until(lambda: not any(_recent(r, 0.3) for r in a.audio_tracks()), 10, "B and C silenced")
         await hearing(b, {TONES[0]})
         await api.everyone(owner, guild["id"], DEFAULT_EVERYONE)
         await hearing(a, {TONES[1], TONES[2]})
@@ -351,8 +351,7 @@ async def test_rights_that_change_during_a_call_apply_at_once(vd: Daemon, api: A
         await api.everyone(owner, guild["id"], DEFAULT_EVERYONE & ~Permission.VOICE_CONNECT)
         removed = await b.wait_event("voice_error", lambda e: e.get("removed"))
         assert removed["code"] == "missing_permission" and removed["missing_permission"] == "VOICE_CONNECT"
-        state = await a.wait_event("voice_room_state", lambda e: len(e["participants"]) == 1)
-        assert [p["user_id"] for p in state["participants"]] == [owner.id]
+        await a.wait_event("voice_user_left", lambda e: e["user_id"] == b_user.id)
         assert metric(await metrics(api), "vox_voice_peers") == 1
 
 

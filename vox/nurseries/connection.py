@@ -30,10 +30,15 @@ from vox.protocol.gateway import (
 from vox.services.auth import Identity
 from vox.services.guild_objects import guild_object
 from vox.services.presence import STATUSES, validate_activity
+from vox.transports.ws_send import send_text_frames
 
 log = logging.getLogger("vox.gateway")
 
 OUTBOUND_QUEUE = 512
+# One socket write carries at most this much of a backlog (bounded so a big backlog does not
+# build one huge buffer).
+WRITE_BATCH_FRAMES = 64
+WRITE_BATCH_CHARS = 256 * 1024
 # Closes that end the session for good: a deliberate close by the client (1000), and the
 # server refusing the client. After anything else (the network dropped, the client went silent
 # or fell behind) the session stays resumable for the resume window.
@@ -207,14 +212,23 @@ class GatewayConnection:
     async def _writer(self) -> None:
         async with self._recv:
             async for frame in self._recv:  # ends once run() closed the send side and it drained
+                # What queued up while the last write was in flight goes out in one write.
+                batch, size = [frame], len(frame)
+                while len(batch) < WRITE_BATCH_FRAMES and size < WRITE_BATCH_CHARS:
+                    try:
+                        more = self._recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.append(more)
+                    size += len(more)
                 try:
                     # Frames are str because the contract's frames are JSON *text*: trio-websocket
                     # sends bytes as binary frames.
-                    await self.ws.send_message(frame)
+                    await send_text_frames(self.ws, batch)
                 except ConnectionClosed as exc:
                     self.close_soon(_peer_code(exc), "")
                     return
-                self.ctx.metrics.gateway_events_sent.inc()
+                self.ctx.metrics.gateway_events_sent.inc(len(batch))
 
     # -- frames -----------------------------------------------------------------------------
     async def _dispatch(self, frame: ClientFrame) -> None:
