@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,20 @@ async def setup(api: Api, n: int) -> tuple[list[User], dict[str, Any], dict[str,
         await api.join(owner, user, guild["id"])
     channel = await api.channel(owner, guild["id"], "Lounge", "voice")
     return users, guild, channel
+
+
+@asynccontextmanager
+async def in_room(daemon: Daemon, users: list[User], channel_id: str) -> AsyncIterator[list[VoiceClient]]:
+    """One voice client per user ("a", "b", ... sending TONES[0], TONES[1], ...), each having
+    sent voice_join for ``channel_id``."""
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(voice_client(daemon, u.token, chr(97 + i), TONES[i]))
+            for i, u in enumerate(users)
+        ]
+        for client in clients:
+            await client.send("voice_join", {"channel_id": channel_id})
+        yield clients
 
 
 def near(freq: float, target: float) -> bool:
@@ -182,12 +197,7 @@ async def test_three_clients_hear_each_other_mute_and_leave(vd: Daemon, api: Api
 async def test_without_voice_speak_nothing_is_forwarded(vd: Daemon, api: Api, loop: None) -> None:
     users, guild, channel = await setup(api, 2)
     await api.everyone(users[0], guild["id"], DEFAULT_EVERYONE & ~Permission.VOICE_SPEAK)
-    async with (
-        voice_client(vd, users[0].token, "a", TONES[0]) as a,
-        voice_client(vd, users[1].token, "b", TONES[1]) as b,
-    ):
-        for client in (a, b):
-            await client.send("voice_join", {"channel_id": channel["id"]})
+    async with in_room(vd, users[:2], channel["id"]) as (a, b):
         # B (no VOICE_SPEAK) hears the owner; the owner gets B's track but no audio on it.
         await hearing(b, {TONES[0]})
         await wait_until(lambda: a.answered >= 1 and any(r.kind == "audio" for r in a.received), 10)
@@ -199,12 +209,7 @@ async def test_screen_share_reaches_the_others(vd: Daemon, api: Api, loop: None)
     from aiortc.mediastreams import VideoStreamTrack
 
     users, _guild, channel = await setup(api, 2)
-    async with (
-        voice_client(vd, users[0].token, "a", TONES[0]) as a,
-        voice_client(vd, users[1].token, "b", TONES[1]) as b,
-    ):
-        for client in (a, b):
-            await client.send("voice_join", {"channel_id": channel["id"]})
+    async with in_room(vd, users[:2], channel["id"]) as (a, b):
         await hearing(b, {TONES[0]})
         a.screen = VideoStreamTrack()
         offers = b.offers
@@ -325,13 +330,7 @@ async def test_room_limit_and_one_channel_at_a_time(vd: Daemon, api: Api, loop: 
 async def test_rights_that_change_during_a_call_apply_at_once(vd: Daemon, api: Api, loop: None) -> None:
     users, guild, channel = await setup(api, 3)
     owner, b_user, c_user = users
-    async with (
-        voice_client(vd, owner.token, "a", TONES[0]) as a,
-        voice_client(vd, b_user.token, "b", TONES[1]) as b,
-        voice_client(vd, c_user.token, "c", TONES[2]) as c,
-    ):
-        for client in (a, b, c):
-            await client.send("voice_join", {"channel_id": channel["id"]})
+    async with in_room(vd, [owner, b_user, c_user], channel["id"]) as (a, b, c):
         await hearing(a, {TONES[1], TONES[2]})
 
         # @everyone loses VOICE_SPEAK: B and C fall silent at the owner (who keeps every right).
@@ -398,12 +397,7 @@ async def test_media_ports_stay_in_the_configured_range(
     )
     async with httpx.AsyncClient(base_url=daemon.rest, timeout=10) as http:
         users, _guild, channel = await setup(Api(http), 2)
-        async with (
-            voice_client(daemon, users[0].token, "a", TONES[0]) as a,
-            voice_client(daemon, users[1].token, "b", TONES[1]) as b,
-        ):
-            for client in (a, b):
-                await client.send("voice_join", {"channel_id": channel["id"]})
+        async with in_room(daemon, users[:2], channel["id"]) as (a, b):
             await hearing(b, {TONES[0]})
             await hearing(a, {TONES[1]})
             ports = set()
@@ -421,13 +415,7 @@ async def test_shutdown_with_three_active_peers(nursery: trio.Nursery, tmp_path:
     daemon = await start_daemon(nursery, tmp_path, voice_host_addresses="127.0.0.1", shutdown_grace_s=3.0)
     http = httpx.AsyncClient(base_url=daemon.rest, timeout=10)
     users, _guild, channel = await setup(Api(http), 3)
-    async with (
-        voice_client(daemon, users[0].token, "a", TONES[0]) as a,
-        voice_client(daemon, users[1].token, "b", TONES[1]) as b,
-        voice_client(daemon, users[2].token, "c", TONES[2]) as c,
-    ):
-        for client in (a, b, c):
-            await client.send("voice_join", {"channel_id": channel["id"]})
+    async with in_room(daemon, users[:3], channel["id"]) as (a, b, c):
         for i, client in enumerate((a, b, c)):
             await hearing(client, {t for j, t in enumerate(TONES) if j != i})
         await http.aclose()  # an idle keep-alive connection would hold the REST drain

@@ -4,16 +4,15 @@ Runs on SQLite and PostgreSQL with the in-process broker."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 
+from tests.services.broker_helpers import decoded, drain
 from tests.storage.helpers import NOW, add_guild_with_channel, add_user
-from vox.protocol.gateway import open_envelope
-from vox.pubsub import Message, Subscription, open_broker
+from vox.pubsub import open_broker
 from vox.services.dms import DM_CREATED, DmService
 from vox.storage import Conn, Engine, Store, open_engine
 
@@ -38,19 +37,6 @@ async def setup(engine: Engine) -> AsyncIterator[tuple[Store, dict[str, str]]]:
         return users
 
     yield Store(engine), await engine.write(fn)
-
-
-async def drain(sub: Subscription, wait: float = 0.2) -> list[Message]:
-    got: list[Message] = []
-    with trio.move_on_after(wait):
-        async for message in sub:
-            got.append(message)
-    return got
-
-
-def decoded(message: Message) -> tuple[str, Any]:
-    event = open_envelope(message.payload)
-    return event.type, json.loads(event.d_json)
 
 
 async def test_new_dm_is_published_to_each_recipient_only(setup: tuple[Store, dict[str, str]]) -> None:

@@ -5,7 +5,6 @@ device_keys`` when a device's keys change."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -13,13 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import trio
 
+from tests.services.broker_helpers import decoded, drain
 from tests.storage.helpers import NOW, add_user
 from vox.ephemeral import open_ephemeral
 from vox.errors import NotFound, RateLimited, ValidationError
-from vox.protocol.gateway import open_envelope
-from vox.pubsub import Broker, Message, Subscription, open_broker
+from vox.pubsub import Broker, open_broker
 from vox.services.keys import KeyService, is_base64
 from vox.services.ratelimit import DEFAULT_LIMITS, Limit, RateLimiter
 from vox.storage import Conn, Engine, Store, open_engine
@@ -88,19 +86,6 @@ def device(**changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
-
-
-async def drain(sub: Subscription, wait: float = 0.2) -> list[Message]:
-    got: list[Message] = []
-    with trio.move_on_after(wait):
-        async for message in sub:
-            got.append(message)
-    return got
-
-
-def decoded(message: Message) -> tuple[str, Any]:
-    event = open_envelope(message.payload)
-    return event.type, json.loads(event.d_json)
 
 
 async def nothing_stored(s: Setup, user: str) -> None:

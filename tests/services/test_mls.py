@@ -5,7 +5,6 @@ people who can view that channel send or receive, and a refused relay delivers n
 from __future__ import annotations
 
 import base64
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -14,13 +13,12 @@ from typing import Any
 
 import msgspec
 import pytest
-import trio
 
+from tests.services.broker_helpers import decoded, drain
 from tests.storage.helpers import NOW, add_user
 from vox.errors import NotFound, ValidationError
-from vox.protocol.gateway import open_envelope
 from vox.protocol.permissions import Permission
-from vox.pubsub import Broker, Message, Subscription, open_broker
+from vox.pubsub import Broker, open_broker
 from vox.services.dms import DmService
 from vox.services.guild_events import GuildEvents
 from vox.services.guilds import GuildService
@@ -88,19 +86,6 @@ def payload(n: int = 48) -> str:
 
 def request(group_id: str, **extra: Any) -> dict[str, Any]:
     return {"group_id": group_id, "kind": "commit", "payload": payload(), **extra}
-
-
-async def drain(sub: Subscription, wait: float = 0.2) -> list[Message]:
-    got: list[Message] = []
-    with trio.move_on_after(wait):
-        async for message in sub:
-            got.append(message)
-    return got
-
-
-def decoded(message: Message) -> tuple[str, Any]:
-    event = open_envelope(message.payload)
-    return event.type, json.loads(event.d_json)
 
 
 async def test_relay_reaches_the_listed_recipient_only(world: World) -> None:
