@@ -1,4 +1,4 @@
-"""``vox serve`` and ``vox config example``."""
+"""``vox serve``, ``vox config example`` and ``vox admin ...`` (vox.admin_cli)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import trio
 
+from vox import admin_cli, logs
 from vox import config as config_mod
-from vox import logs
 from vox.errors import ConfigError, VoxError
 
 log = logging.getLogger("vox.cli")
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration helpers")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("example", help="print a commented example vox.toml")
+    admin_cli.add_parser(sub)
     return parser
 
 
@@ -84,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(config_mod.example())
         return 0
+    if args.command == "admin":
+        return admin_cli.run(args)
     overrides: dict[str, Any] = {
         key: getattr(args, key)
         for key in (

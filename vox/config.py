@@ -45,6 +45,10 @@ class Config:
     max_request_bytes: int = 1_048_576
     max_upload_bytes: int = 26_214_400
     registration_policy: str = "open"
+    oidc_redirect_uris: str = ""  # empty: only loopback redirect URIs
+    oidc_flow_ttl_s: float = 600.0
+    oidc_http_timeout_s: float = 10.0
+    admin_elevation_s: float = 900.0
     jwt_algorithm: str = "EdDSA"
     refresh_ttl_days: int = 30
     argon2_time_cost: int = 2
@@ -187,6 +191,17 @@ def _port_range(value: str) -> str | None:
     return None
 
 
+def _redirect_uris(value: str) -> str | None:
+    for uri in redirect_uri_set(value):
+        if not re.fullmatch(r"[a-z][a-z0-9+.\-]*://?[^\s#]+", uri):
+            return f"{uri!r} is not an absolute URI without a fragment"
+    return None
+
+
+def redirect_uri_set(value: str) -> frozenset[str]:
+    return frozenset(value.replace(",", " ").split())
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -240,6 +255,26 @@ FIELDS: tuple[Field, ...] = (
         str,
         "open, invite_only or closed (admins can change it at run time).",
         _one_of("open", "invite_only", "closed"),
+    ),
+    Field(
+        "oidc_redirect_uris",
+        str,
+        "Redirect URIs (exact, comma- or space-separated) SSO may send tokens to besides loopback "
+        "http://127.0.0.1:PORT/... ones; empty: loopback only.",
+        _redirect_uris,
+    ),
+    Field(
+        "oidc_flow_ttl_s",
+        float,
+        "Seconds an SSO sign-in may take (its single-use state lives this long).",
+        _positive,
+    ),
+    Field("oidc_http_timeout_s", float, "Timeout of each request to an identity provider.", _positive),
+    Field(
+        "admin_elevation_s",
+        float,
+        "Seconds an admin's session stays elevated after re-authenticating (POST /admin/elevate).",
+        _positive,
     ),
     Field(
         "jwt_algorithm", str, "Access token signature: EdDSA (Ed25519) or RS256.", _one_of("EdDSA", "RS256")

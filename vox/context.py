@@ -12,6 +12,7 @@ from vox.datadir import ServerKeys
 from vox.ephemeral import Ephemeral
 from vox.metrics import Metrics
 from vox.pubsub import Broker
+from vox.services.admin import AdminService
 from vox.services.auth import AuthService
 from vox.services.calls import CallService
 from vox.services.dms import DmService
@@ -23,6 +24,7 @@ from vox.services.keys import KeyService
 from vox.services.messages import MessageService
 from vox.services.mls import MlsRelay
 from vox.services.moderation import ModerationService
+from vox.services.oidc import OidcService
 from vox.services.permissions import PermissionService
 from vox.services.presence import PresenceService
 from vox.services.ratelimit import RateLimiter
@@ -87,6 +89,8 @@ class Context:
     presence: PresenceService
     keys: KeyService
     mls: MlsRelay
+    oidc: OidcService
+    admin: AdminService
     metrics: Metrics = field(default_factory=Metrics)
     # Set when shutdown starts: listeners stop accepting, connections are told to go away.
     draining: trio.Event = field(default_factory=trio.Event)

@@ -18,6 +18,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from vox.context import Context
 from vox.errors import APIError, BrokerError, RateLimited
+from vox.nurseries.admin_stream import admin_subscribe
 from vox.nurseries.session import GatewaySession, SessionClosed, SessionRegistry
 from vox.nurseries.voice_signaling import VOICE_REQUESTS, voice_request
 from vox.protocol.gateway import (
@@ -56,7 +57,16 @@ FINAL_CLOSES = frozenset(
 )
 CLIENT_REQUESTS = (
     frozenset(
-        {"subscribe", "unsubscribe", "typing", "stop_typing", "set_status", "set_activity", "mls_relay"}
+        {
+            "subscribe",
+            "unsubscribe",
+            "typing",
+            "stop_typing",
+            "set_status",
+            "set_activity",
+            "mls_relay",
+            "admin_subscribe",
+        }
     )
     | VOICE_REQUESTS
 )
@@ -283,6 +293,9 @@ class GatewayConnection:
                 raise _Close(CloseCode.DECODE_ERROR, f"set_activity: {exc}") from None
             await self._limited("presence", session.user_id)
             await self.ctx.presence.set_activity(session.user_id, activity)
+        elif type_ == "admin_subscribe":
+            await self._limited("presence", session.user_id)
+            await admin_subscribe(self.ctx, session, self.enqueue)
         elif type_ == "mls_relay":
             await self._limited("mls_relay", session.user_id)
             try:

@@ -14,10 +14,11 @@ import trio
 
 from vox import datadir
 from vox.blobs import open_blob_store
-from vox.config import Config
+from vox.config import Config, redirect_uri_set
 from vox.context import Addresses, Context
 from vox.ephemeral import open_ephemeral
 from vox.pubsub import open_broker
+from vox.services.admin import AdminService
 from vox.services.auth import AuthService
 from vox.services.calls import CallService
 from vox.services.dms import DmService
@@ -30,6 +31,7 @@ from vox.services.keys import KeyService
 from vox.services.messages import MessageService
 from vox.services.mls import MlsRelay
 from vox.services.moderation import ModerationService
+from vox.services.oidc import OidcService
 from vox.services.passwords import HashParams, Passwords
 from vox.services.permissions import PermissionService
 from vox.services.presence import PresenceService
@@ -111,6 +113,17 @@ async def run_daemon(
                 store.keys, store.accounts, broker, limiter, max_one_time_keys=config.max_one_time_keys
             ),
             mls=MlsRelay(permissions, broker),
+            oidc=OidcService(
+                store.oidc,
+                auth,
+                SecretBox(keys.server_secret),
+                ephemeral,
+                broker,
+                flow_ttl_s=config.oidc_flow_ttl_s,
+                allowed_redirects=redirect_uri_set(config.oidc_redirect_uris),
+                http_timeout_s=config.oidc_http_timeout_s,
+            ),
+            admin=AdminService(store.admin, auth, broker, config, elevation_s=config.admin_elevation_s),
         )
         # The SFU's trio_asyncio loop and peer nursery: closed after the listeners (so connection
         # teardown can still reach it), before the broker and storage.

@@ -21,6 +21,7 @@ message events come through ``user:{id}`` (vox.services.messages), DM typing thr
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from vox.protocol.guild_events import (
 )
 from vox.protocol.permissions import Permission
 from vox.pubsub import Message, Subscription
+from vox.services.admin_events import ADMIN_TOPIC
 from vox.services.auth import Identity
 from vox.services.dms import DM_CREATED
 from vox.services.guild_events import channel_topic, guild_topic, user_topic
@@ -106,6 +108,8 @@ class GatewaySession:
         self._busy = False
         self._own_topic = user_topic(identity.user_id)
         self._own_id_json = b'"user_id":"' + identity.user_id.encode() + b'"'
+        # Epoch ms until which admin_event frames are delivered (admin_subscribe; 0: never).
+        self.admin_until_ms = 0
 
     @property
     def user_id(self) -> str:
@@ -203,7 +207,11 @@ class GatewaySession:
         return True
 
     def _forward(self, message: Message) -> None:
-        if message.payload.startswith(b"typing_"):
+        if self.admin_until_ms and message.topic == ADMIN_TOPIC:
+            # The stream is for elevated admins: once the elevation has lapsed, nothing more.
+            if time.time() * 1000 >= self.admin_until_ms:
+                return
+        elif message.payload.startswith(b"typing_"):
             channel = message.topic.partition(":")[2]
             if channel not in self.typing_subscriptions:
                 return
@@ -363,6 +371,13 @@ class GatewaySession:
         self.typing_subscriptions -= channels
         await self._sub.remove(guild_topic(guild_id), *(channel_topic(c) for c in channels))
         self.emit(notice)
+
+    async def follow_admin(self, until_ms: int) -> None:
+        """Deliver admin_events until ``until_ms`` (the caller checked admin and elevation)."""
+        assert self._sub is not None
+        if not self.admin_until_ms:
+            await self._sub.add(ADMIN_TOPIC)
+        self.admin_until_ms = until_ms
 
     # -- client requests --------------------------------------------------------------------
     def _can_see(self, channel_id: str) -> bool:

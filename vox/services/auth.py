@@ -19,6 +19,7 @@ from vox.ephemeral import Ephemeral
 from vox.errors import Conflict, Forbidden, Unauthorized, ValidationError
 from vox.protocol.gateway import encode_event, envelope
 from vox.pubsub import Broker
+from vox.services.admin_events import publish_admin_event
 from vox.services.passwords import Passwords
 from vox.services.ratelimit import RateLimiter
 from vox.services.secretbox import SecretBox, SecretBoxError
@@ -38,6 +39,16 @@ POLICIES = ("open", "invite_only", "closed")
 
 class RegistrationClosed(Forbidden):
     code = "registration_closed"
+
+
+class MfaRequired(Unauthorized):
+    code = "mfa_required"
+
+
+class InvalidCredentials(Forbidden):
+    """Re-authentication of a signed-in user failed (their token stays valid: not a 401)."""
+
+    code = "invalid_credentials"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +126,14 @@ class AuthService:
         assert not isinstance(created, RegistrationBlocked)
         user, is_admin, guild_id = created
         log.info("user registered", extra={"fields": {"user_id": user["id"], "admin": is_admin}})
+        await publish_admin_event(
+            self.broker,
+            "user_registered",
+            actor_id=None,
+            target_type="user",
+            target_id=str(user["id"]),
+            details={"username": user["username"], "via": "password"},
+        )
         return str(user["id"]), is_admin, guild_id
 
     # -- login ------------------------------------------------------------------------------
@@ -161,6 +180,10 @@ class AuthService:
                 await self.ephemeral.set(key, msgspec.json.encode(pending), MFA_TOKEN_TTL_S)
             raise Unauthorized("invalid or already used code")
         return await self._open_session(pending.user_id, ClientInfo(pending.ip, pending.user_agent))
+
+    async def open_session(self, user_id: str, client: ClientInfo) -> dict[str, Any]:
+        """Tokens for a new session of a user another flow has authenticated (SSO)."""
+        return await self._open_session(user_id, client)
 
     async def _open_session(self, user_id: str, client: ClientInfo) -> dict[str, Any]:
         refresh = new_refresh_token()
@@ -237,6 +260,25 @@ class AuthService:
         if bool(state["disabled"]):
             raise Unauthorized("account disabled")
         return Identity(user_id=claims.user_id, session_id=claims.session_id)
+
+    async def reauthenticate(self, user_id: str, password: str, code: str | None) -> None:
+        """Confirm a signed-in user's password, and their TOTP code when MFA is on (sudo-style,
+        before elevated actions). Failures spend the same budgets as logins and MFA checks."""
+        user = await self.accounts.user_by_id(user_id)
+        if user is None:
+            raise Unauthorized("user not found")
+        subject = str(user["username"]).lower()
+        await self.limiter.peek("login_failures", subject)
+        verified = await self.passwords.verify(user["password_hash"], password)
+        if not verified.ok:
+            await self.limiter.take("login_failures", subject)
+            raise InvalidCredentials("wrong password")
+        if bool(user["mfa_enabled"]):
+            if code is None:
+                raise MfaRequired("this account has MFA enabled: send code as well")
+            await self.limiter.take("mfa", user_id)
+            if not await self._check_totp(user, code):
+                raise InvalidCredentials("invalid or already used code")
 
     # -- MFA management ---------------------------------------------------------------------
     async def mfa_setup(self, identity: Identity) -> dict[str, str]:

@@ -15,6 +15,7 @@ import msgspec
 
 from vox.errors import Conflict, Forbidden, NotFound, ValidationError
 from vox.protocol.permissions import Permission
+from vox.services.admin_events import publish_admin_event
 from vox.services.guild_events import GuildEvents
 from vox.services.guild_objects import member_object
 from vox.services.permissions import MemberAccess, PermissionService, require, valid_id
@@ -80,6 +81,14 @@ class ModerationService:
             await self._target(access, target_id, "ban")
         removed = await self.guilds.ban(guild_id, target_id, user_id, reason)
         log.info("user banned", extra={"fields": {"guild_id": guild_id, "user_id": target_id, "by": user_id}})
+        await publish_admin_event(
+            self.events.broker,
+            "guild_ban",
+            actor_id=user_id,
+            target_type="user",
+            target_id=target_id,
+            details={"guild_id": guild_id, "reason": reason},
+        )
         if removed is not None:
             await self.events.member_left(guild_id, member_object(removed, self.permissions.clock()), "ban")
 

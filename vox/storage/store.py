@@ -7,6 +7,7 @@ function run through ``engine.read`` or ``engine.write``), so SQL stays out of t
 from __future__ import annotations
 
 from vox.storage.accounts import Accounts
+from vox.storage.admin import AdminStore
 from vox.storage.base import Engine
 from vox.storage.dms import Dms
 from vox.storage.emoji import Emoji
@@ -14,6 +15,7 @@ from vox.storage.friends import Friends
 from vox.storage.guilds import Guilds
 from vox.storage.keys import DeviceKeys
 from vox.storage.messages import Messages
+from vox.storage.oidc import OidcStore
 
 __all__ = ["Store"]
 
@@ -28,6 +30,8 @@ class Store:
         self.friends = Friends(engine)
         self.emoji = Emoji(engine)
         self.keys = DeviceKeys(engine)
+        self.admin = AdminStore(engine)
+        self.oidc = OidcStore(engine)
 
     async def ping(self) -> None:
         """Raise StorageError unless the database answers."""

@@ -20,7 +20,22 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from vox.api import auth, calls, channels, dms, emoji, friends, guilds, invites, keys, messages, ops, users
+from vox.api import (
+    admin,
+    auth,
+    calls,
+    channels,
+    dms,
+    emoji,
+    friends,
+    guilds,
+    invites,
+    keys,
+    messages,
+    oidc,
+    ops,
+    users,
+)
 from vox.api import voice as voice_api
 from vox.context import Context
 from vox.errors import APIError
@@ -67,7 +82,7 @@ def create_app(ctx: Context) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     for blueprint in (
         *(ops.bp, auth.bp, users.bp, guilds.bp, channels.bp, invites.bp, messages.bp),
-        *(dms.bp, calls.bp, friends.bp, emoji.bp, keys.bp, voice_api.bp),
+        *(dms.bp, calls.bp, friends.bp, emoji.bp, keys.bp, voice_api.bp, oidc.bp, admin.bp),
     ):
         app.register_blueprint(blueprint)
 
