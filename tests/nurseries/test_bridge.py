@@ -54,3 +54,30 @@ async def test_bounded_abandons_a_close_that_hangs() -> None:
             await asyncio.sleep(0)
 
         assert await bridge.bounded(quick, timeout=1)
+
+
+async def test_an_error_no_asyncio_task_retrieved_does_not_end_the_bridge(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails() -> None:
+        raise RuntimeError("RTCIceTransport is closed")
+
+    async def orphan() -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(fails())
+        await asyncio.sleep(0.01)
+        # What the loop does when an unretrieved task is collected (aiortc leaves such tasks).
+        loop.call_exception_handler(
+            {"message": "Task exception was never retrieved", "exception": task.exception(), "task": task}
+        )
+
+    with trio.fail_after(5):
+        async with bridge.open_bridge():
+            await bridge.aio(orphan)
+            await trio.sleep(0.1)  # where trio_asyncio's own handler would raise it
+            assert await bridge.aio(_answer) == 42
+    assert any("asyncio error ignored" in r.message for r in caplog.records)
+
+
+async def _answer() -> int:
+    return 42

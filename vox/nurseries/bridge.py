@@ -101,7 +101,20 @@ async def open_bridge() -> AsyncIterator[asyncio.AbstractEventLoop]:
     """The asyncio loop; opened once by the root nursery (through the voice service)."""
     apply_cancellation_fix()
     async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(_log_asyncio_error)
         yield loop
+
+
+def _log_asyncio_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An exception no asyncio task retrieved (aiortc leaves some: an ICE start that loses a race
+    with a close raises in a task nobody awaits). trio_asyncio's default handler re-raises it in
+    the loop's nursery, which would end the whole SFU and with it the daemon; one peer's failure
+    is logged instead, and that peer's owner notices its connection state as usual."""
+    exc = context.get("exception")
+    log.warning(
+        "asyncio error ignored",
+        extra={"fields": {"message": str(context.get("message", "")), "error": repr(exc)}},
+    )
 
 
 async def aio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -379,6 +379,8 @@ class VoiceService:
         can_speak = bool(perms & Permission.VOICE_SPEAK)
         if can_speak != p.can_speak and room is not None:
             p.can_speak = can_speak
+            if not can_speak:
+                self._drop_queued(p, "audio")
             await self._publish(room, "voice_room_state", room.state())
         if p.screen_sharing and not perms & Permission.SCREEN_SHARE:
             await self._stop_share(p)
@@ -536,10 +538,21 @@ class VoiceService:
         p.self_muted = muted
         await self._announce_mute(p, muted, by=None)
 
+    def _drop_queued(self, source: Participant, kind: str) -> None:
+        """Discard what is queued for the receivers of ``source``'s ``kind``: after a mute, frames
+        already queued (up to RELAY_QUEUE per receiver when it is behind) must not play."""
+        room = self.rooms.get(source.channel_id)
+        for q in room.participants.values() if room is not None else ():
+            slot = q.slot_for(source.user_id, kind)
+            if slot is not None:
+                slot.track.clear()
+
     async def _announce_mute(self, p: Participant, muted: bool, by: str | None) -> None:
         room = self.rooms.get(p.channel_id)
         if room is None:
             return
+        if p.muted:
+            self._drop_queued(p, "audio")
         d = {
             "channel_id": p.channel_id,
             "user_id": p.user_id,
