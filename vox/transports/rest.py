@@ -40,6 +40,7 @@ from vox.api import voice as voice_api
 from vox.context import Context
 from vox.errors import APIError
 from vox.services.uploads import DEFAULT_LIMITS
+from vox.transports import http_writes
 
 MAX_FILES_PER_MESSAGE = DEFAULT_LIMITS.max_files
 
@@ -182,6 +183,7 @@ async def serve_rest(ctx: Context, *, task_status: trio.TaskStatus[int] = trio.T
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.keep_alive_timeout = 75
     app = ObservedApp(create_app(ctx), ctx)
+    http_writes.install()
 
     class _Status:
         def started(self, binds: list[str]) -> None:
