@@ -34,7 +34,9 @@ from vox.api import (
     messages,
     oidc,
     ops,
+    presence,
     users,
+    web,
 )
 from vox.api import voice as voice_api
 from vox.context import Context
@@ -84,6 +86,7 @@ def create_app(ctx: Context) -> QuartTrio:
     for blueprint in (
         *(ops.bp, auth.bp, users.bp, guilds.bp, channels.bp, invites.bp, messages.bp),
         *(dms.bp, calls.bp, friends.bp, emoji.bp, keys.bp, voice_api.bp, oidc.bp, admin.bp),
+        *(presence.bp, web.bp),
     ):
         app.register_blueprint(blueprint)
 
