@@ -32,6 +32,11 @@ class Config:
     database_url: str = ""  # empty: sqlite under data_dir
     redis_url: str = ""  # empty: in-process broker
     redis_prefix: str = "vox:"
+    # Scale out: a node unseen for node_ttl_s is dead; the others reap it within node_sweep_s more.
+    node_ttl_s: float = 15.0
+    node_heartbeat_s: float = 5.0
+    node_sweep_s: float = 5.0
+    handoff_timeout_s: float = 5.0
     db_pool_size: int = 10
     broker_buffer: int = 1024
     shutdown_grace_s: float = 10.0
@@ -230,6 +235,25 @@ FIELDS: tuple[Field, ...] = (
         str,
         "Prefix of every Redis key and channel (several deployments, one Redis).",
         _nonempty,
+    ),
+    Field(
+        "node_ttl_s",
+        float,
+        "Several daemons: one not heard from for this long is dead; the others take its users offline.",
+        _positive,
+    ),
+    Field(
+        "node_heartbeat_s",
+        float,
+        "How often a daemon renews its liveness record (below node_ttl_s).",
+        _positive,
+    ),
+    Field("node_sweep_s", float, "How often a daemon looks for dead ones to clean up after.", _positive),
+    Field(
+        "handoff_timeout_s",
+        float,
+        "How long a gateway resume waits for the daemon that holds the session (4009 after).",
+        _positive,
     ),
     Field("db_pool_size", int, "PostgreSQL connections (and worker threads) per daemon.", _positive),
     Field(

@@ -24,6 +24,7 @@ from vox.services.keys import KeyService
 from vox.services.messages import MessageService
 from vox.services.mls import MlsRelay
 from vox.services.moderation import ModerationService
+from vox.services.nodes import NodeRegistry
 from vox.services.oidc import OidcService
 from vox.services.permissions import PermissionService
 from vox.services.presence import PresenceService
@@ -97,3 +98,5 @@ class Context:
     addresses: Addresses | None = None
     # The WebRTC SFU (vox.services.voice), opened by the root nursery after the services.
     voice: VoiceService | None = None
+    # This daemon among the others of a deployment (vox.services.nodes), opened by the root nursery.
+    nodes: NodeRegistry | None = None

@@ -1,6 +1,7 @@
 """The Ephemeral interface: short-lived shared state (rate-limit buckets, single-use tokens,
-OIDC flow state, presence, DM call event streams). In-process on one daemon; Redis when several
-daemons share a deployment, so a limit or a single-use token holds across all of them.
+OIDC flow state, presence, DM call event streams, the nodes of a deployment). In-process on one
+daemon; Redis when several daemons share a deployment, so a limit or a single-use token holds
+across all of them.
 """
 
 from __future__ import annotations
@@ -75,6 +76,30 @@ class Ephemeral(Protocol):
 
     async def read(self, key: str) -> list[StreamEntry]:
         """Every entry of the stream at ``key``, oldest first (empty when absent or expired)."""
+        ...
+
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        """Delete the value at ``key`` only while it still equals ``value``; True when deleted.
+
+        Compare-and-delete, atomic across daemons on the Redis backend: a record claimed anew
+        by someone else since it was read is left alone.
+        """
+        ...
+
+    async def hincr(self, key: str, field: str, delta: int, ttl_s: float) -> int:
+        """Counter map: add ``delta`` to ``field`` of the map at ``key`` (absent counts as 0),
+        reset the map's TTL, return the field's new value. A field that reaches 0 or less is
+        removed, and a map with no field left is removed. Atomic across daemons on Redis.
+        """
+        ...
+
+    async def hgetall(self, key: str) -> dict[str, int]:
+        """Every field of the counter map at ``key`` (empty when absent or expired)."""
+        ...
+
+    async def hdel(self, key: str, field: str) -> int | None:
+        """Remove ``field`` from the counter map at ``key`` and return the value it held, or None
+        when it was absent (so, of several concurrent callers, exactly one gets the value)."""
         ...
 
     async def ping(self) -> None: ...

@@ -88,9 +88,10 @@ def check_max_len(max_len: int) -> None:
         raise ValueError(f"max_len must be at least 1, not {max_len!r}")
 
 
-# Values, buckets and streams live in separate namespaces (as on Redis, where they are a string,
-# a hash and a stream), so a key used for several never hits a type error; delete() clears all.
-_Kind = Literal["v", "b", "s"]
+# Values, buckets, streams and counter maps live in separate namespaces (as on Redis, where they
+# are a string, a hash, a stream and a hash under distinct names), so a key used for several never
+# hits a type error; delete() clears all.
+_Kind = Literal["v", "b", "s", "h"]
 _Slot = tuple[_Kind, str]
 
 
@@ -100,8 +101,16 @@ class _Stream:
 
 
 @dataclass(slots=True)
+class _Map:
+    counts: dict[str, int]
+
+
+_Data = bytes | BucketState | _Stream | _Map
+
+
+@dataclass(slots=True)
 class _Entry:
-    data: bytes | BucketState | _Stream
+    data: _Data
     expires_at: float
     seq: int  # matches the heap item that schedules this entry; older heap items are stale
 
@@ -167,7 +176,7 @@ class MemoryEphemeral:
                 return True
         return False
 
-    def _store(self, slot: _Slot, data: bytes | BucketState | _Stream, expires_at: float, now: float) -> None:
+    def _store(self, slot: _Slot, data: _Data, expires_at: float, now: float) -> None:
         self._sweep(now)
         if slot not in self._entries:
             while len(self._entries) >= self.max_keys and self._evict_one():
@@ -233,6 +242,7 @@ class MemoryEphemeral:
         self._drop(("v", key))
         self._drop(("b", key))
         self._drop(("s", key))
+        self._drop(("h", key))
 
     async def take(self, key: str, *, rate_per_s: float, burst: int, cost: int = 1) -> BucketResult:
         check_bucket_args(rate_per_s, burst, cost)
@@ -277,6 +287,50 @@ class MemoryEphemeral:
         entry = self._live(("s", key), self._clock())
         return [] if entry is None else list(_as_stream(entry.data).entries)
 
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        await trio.lowlevel.checkpoint()
+        slot: _Slot = ("v", key)
+        entry = self._live(slot, self._clock())
+        if entry is None or _as_bytes(entry.data) != value:
+            return False
+        self._drop(slot)
+        return True
+
+    async def hincr(self, key: str, field: str, delta: int, ttl_s: float) -> int:
+        check_ttl(ttl_s)
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        slot: _Slot = ("h", key)
+        entry = self._live(slot, now)
+        counts = {} if entry is None else _as_map(entry.data).counts
+        value = counts.get(field, 0) + delta
+        if value > 0:
+            counts[field] = value
+        else:
+            counts.pop(field, None)
+        if counts:
+            self._store(slot, _Map(counts), now + ttl_s, now)
+        else:
+            self._drop(slot)
+        return value
+
+    async def hgetall(self, key: str) -> dict[str, int]:
+        await trio.lowlevel.checkpoint()
+        entry = self._live(("h", key), self._clock())
+        return {} if entry is None else dict(_as_map(entry.data).counts)
+
+    async def hdel(self, key: str, field: str) -> int | None:
+        await trio.lowlevel.checkpoint()
+        slot: _Slot = ("h", key)
+        entry = self._live(slot, self._clock())
+        if entry is None:
+            return None
+        counts = _as_map(entry.data).counts
+        value = counts.pop(field, None)
+        if not counts:
+            self._drop(slot)
+        return value
+
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()
 
@@ -284,16 +338,21 @@ class MemoryEphemeral:
         return "memory"
 
 
-def _as_bytes(data: bytes | BucketState | _Stream) -> bytes:
+def _as_bytes(data: _Data) -> bytes:
     assert isinstance(data, bytes)
     return data
 
 
-def _as_state(data: bytes | BucketState | _Stream) -> BucketState:
+def _as_state(data: _Data) -> BucketState:
     assert isinstance(data, BucketState)
     return data
 
 
-def _as_stream(data: bytes | BucketState | _Stream) -> _Stream:
+def _as_stream(data: _Data) -> _Stream:
     assert isinstance(data, _Stream)
+    return data
+
+
+def _as_map(data: _Data) -> _Map:
+    assert isinstance(data, _Map)
     return data

@@ -73,6 +73,30 @@ return id
 """
 
 
+# Compare-and-delete: DEL only while the value is still ARGV[1].
+DELETE_IF_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# Counter map: HINCRBY, drop a field at 0 or below (and the hash with its last field), renew the TTL.
+HINCR_SCRIPT = """
+local v = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if v <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return v
+"""
+
+# HGET + HDEL as one step, so exactly one caller learns the value a field held.
+HDEL_SCRIPT = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return v
+"""
+
+
 def _ttl_ms(ttl_s: float) -> int:
     # Rounded up so a key never outlives its TTL by less than asked (and PX 0 is an error).
     return max(1, math.ceil(ttl_s * 1000))
@@ -100,7 +124,8 @@ class RedisEphemeral:
 
     Values are strings at ``{prefix}v:{key}``; buckets are hashes (tokens, ts) at
     ``{prefix}b:{key}``, expiring when they would be full again; streams are Redis Streams at
-    ``{prefix}s:{key}`` (one field, ``e``, per entry; XADD MAXLEN ~ and PEXPIRE on append).
+    ``{prefix}s:{key}`` (one field, ``e``, per entry; XADD MAXLEN ~ and PEXPIRE on append);
+    counter maps are hashes of integers at ``{prefix}h:{key}``.
     """
 
     def __init__(
@@ -119,6 +144,9 @@ class RedisEphemeral:
         # (a restarted or failed-over server has an empty script cache).
         self._take_script = client.register_script(TAKE_SCRIPT)
         self._append_script = client.register_script(APPEND_SCRIPT)
+        self._delete_if_script = client.register_script(DELETE_IF_SCRIPT)
+        self._hincr_script = client.register_script(HINCR_SCRIPT)
+        self._hdel_script = client.register_script(HDEL_SCRIPT)
 
     @classmethod
     def from_url(
@@ -149,6 +177,9 @@ class RedisEphemeral:
 
     def _stream_key(self, key: str) -> str:
         return f"{self._prefix}s:{key}"
+
+    def _map_key(self, key: str) -> str:
+        return f"{self._prefix}h:{key}"
 
     async def _call(self, fn: Callable[[redis.Redis], T]) -> T:
         return await trio.to_thread.run_sync(self._guarded, fn, limiter=self._limiter)
@@ -194,7 +225,7 @@ class RedisEphemeral:
         return await self._call(fn)
 
     async def delete(self, key: str) -> None:
-        names = (self._value_key(key), self._bucket_key(key), self._stream_key(key))
+        names = (self._value_key(key), self._bucket_key(key), self._stream_key(key), self._map_key(key))
         await self._call(lambda c: c.delete(*names))
 
     async def take(self, key: str, *, rate_per_s: float, burst: int, cost: int = 1) -> BucketResult:
@@ -229,6 +260,27 @@ class RedisEphemeral:
                 StreamEntry(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), data)
             )
         return entries
+
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        name = self._value_key(key)
+        reply: Any = await self._call(lambda c: self._delete_if_script(keys=[name], args=[value], client=c))
+        return int(reply) == 1
+
+    async def hincr(self, key: str, field: str, delta: int, ttl_s: float) -> int:
+        check_ttl(ttl_s)
+        name, args = self._map_key(key), (field, int(delta), _ttl_ms(ttl_s))
+        reply: Any = await self._call(lambda c: self._hincr_script(keys=[name], args=args, client=c))
+        return int(reply)
+
+    async def hgetall(self, key: str) -> dict[str, int]:
+        name = self._map_key(key)
+        rows: Any = await self._call(lambda c: c.hgetall(name))
+        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in rows.items()}
+
+    async def hdel(self, key: str, field: str) -> int | None:
+        name = self._map_key(key)
+        reply: Any = await self._call(lambda c: self._hdel_script(keys=[name], args=[field], client=c))
+        return None if reply is None else int(reply)
 
     async def ping(self) -> None:
         await self._call(lambda c: c.ping())

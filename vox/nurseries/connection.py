@@ -364,6 +364,9 @@ class GatewayConnection:
             raise _Close(CloseCode.DECODE_ERROR, "resume needs d.token, d.session_id and d.last_seq")
         identity = await self._authenticate(token)
         session = self.sessions.get(session_id)
+        if session is None and self.sessions.handoff is not None:
+            # Held by another node of the deployment: it hands the session over (or 4009).
+            session = await self.sessions.handoff.take_over(identity, session_id, last_seq)
         if session is None or session.ended is not None or session.identity != identity:
             raise _Close(CloseCode.SESSION_TIMEOUT, "session cannot be resumed; identify again")
         frames = session.replay_after(last_seq)

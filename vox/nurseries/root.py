@@ -17,6 +17,7 @@ from vox.blobs import open_blob_store
 from vox.config import Config, redirect_uri_set
 from vox.context import Addresses, Context
 from vox.ephemeral import open_ephemeral
+from vox.protocol.cluster import new_node_id
 from vox.pubsub import open_broker
 from vox.services.admin import AdminService
 from vox.services.auth import AuthService
@@ -31,6 +32,7 @@ from vox.services.keys import KeyService
 from vox.services.messages import MessageService
 from vox.services.mls import MlsRelay
 from vox.services.moderation import ModerationService
+from vox.services.nodes import open_nodes
 from vox.services.oidc import OidcService
 from vox.services.passwords import HashParams, Passwords
 from vox.services.permissions import PermissionService
@@ -89,6 +91,7 @@ async def run_daemon(
         permissions = PermissionService(store.guilds)
         guild_events = GuildEvents(broker)
         guilds = GuildService(store.guilds, permissions, guild_events, max_guilds=config.max_guilds)
+        node_id = new_node_id()
         ctx = Context(
             config=config,
             server_keys=keys,
@@ -108,7 +111,7 @@ async def run_daemon(
             calls=CallService(store.dms, ephemeral, broker, ring_timeout_s=config.call_ring_timeout_s),
             friends=FriendService(store.friends, store.accounts, broker),
             emoji=EmojiService(store.emoji, permissions, blobs, broker),
-            presence=PresenceService(store.accounts, ephemeral, broker),
+            presence=PresenceService(store.accounts, ephemeral, broker, node_id=node_id),
             keys=KeyService(
                 store.keys, store.accounts, broker, limiter, max_one_time_keys=config.max_one_time_keys
             ),
@@ -125,6 +128,9 @@ async def run_daemon(
             ),
             admin=AdminService(store.admin, auth, broker, config, elevation_s=config.admin_elevation_s),
         )
+        # This node among the others sharing Redis (liveness, voice room owners, the sweeper):
+        # deregistered after the listeners and the SFU closed, so no session outlives it.
+        ctx.nodes = await stack.enter_async_context(open_nodes(config, ephemeral, ctx.presence, node_id))
         # The SFU's trio_asyncio loop and peer nursery: closed after the listeners (so connection
         # teardown can still reach it), before the broker and storage.
         ctx.voice = await stack.enter_async_context(
@@ -136,9 +142,19 @@ async def run_daemon(
             rest_port = await nursery.start(serve_rest, ctx)
             gateway_port = await nursery.start(serve_gateway, ctx)
             ctx.addresses = Addresses(host=config.host, rest_port=rest_port, gateway_port=gateway_port)
+            nodes, voice = ctx.nodes, ctx.voice
+            nodes.gateway_url = config.public_gateway_url or ctx.addresses.gateway_url
+            nodes.live_rooms = lambda: set(voice.rooms)
+            await nodes.heartbeat()
             log.info(
                 "listening",
-                extra={"fields": {"rest": ctx.addresses.rest_url, "gateway": ctx.addresses.gateway_url}},
+                extra={
+                    "fields": {
+                        "rest": ctx.addresses.rest_url,
+                        "gateway": ctx.addresses.gateway_url,
+                        "node": node_id,
+                    }
+                },
             )
             task_status.started(ctx.addresses)
             await stop.wait()

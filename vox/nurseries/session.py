@@ -5,7 +5,8 @@ replay ring of the last ``REPLAY_EVENTS`` events, the guild/channel visibility s
 state and its share of the user's presence. Sessions run in the registry's nursery (not the
 connection's): when a connection drops, its session keeps collecting events for
 ``RESUME_WINDOW_S`` so that a client which resumes with ``last_seq`` receives every event it
-missed, in order; after that the session ends.
+missed, in order; after that the session ends. Its id names the node holding it; a resume that
+reaches another node of the deployment takes it over from there (vox.nurseries.handoff).
 
 Guild delivery: the session is subscribed to ``user:{id}``, to ``guild:{gid}`` for each guild of
 the user, to ``channel:{cid}`` for each channel it may view and for each of its DMs, and keeps,
@@ -22,16 +23,16 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
 
 from vox.context import Context
 from vox.errors import APIError, BrokerError, StorageError, SubscriberLagged
+from vox.protocol.cluster import HANDOFF_MARK, new_session_id
 from vox.protocol.gateway import CloseCode, EnvelopeFrames, Event, encode_event, envelope, open_envelope
 from vox.protocol.guild_events import (
     GUILD_ACCESS,
@@ -52,6 +53,9 @@ from vox.services.guild_events import channel_topic, guild_topic, user_topic
 from vox.services.guild_objects import channel_object
 from vox.services.permissions import require
 from vox.storage.base import Row
+
+if TYPE_CHECKING:
+    from vox.nurseries.handoff import SessionTaker
 
 log = logging.getLogger("vox.gateway")
 
@@ -89,7 +93,7 @@ class GatewaySession:
         self.identity = identity
         self.registry = registry
         self.frames = frames or EnvelopeFrames()
-        self.session_id = str(uuid.uuid4())
+        self.session_id = new_session_id(registry.node_id)
         self.seq = 0
         # The last events in seq order (the newest has ``self.seq``). A broker Message is kept as
         # it is (shared by every subscriber, so the ring costs a pointer per event) and framed
@@ -110,6 +114,10 @@ class GatewaySession:
         self._own_id_json = b'"user_id":"' + identity.user_id.encode() + b'"'
         # Epoch ms until which admin_event frames are delivered (admin_subscribe; 0: never).
         self.admin_until_ms = 0
+        # While a handoff to or from another node is under way (vox.nurseries.handoff): the gate
+        # takes every event instead of the client, and on_mark hears the handoff's mark.
+        self.gate: Callable[[Message | Event], None] | None = None
+        self.on_mark: Callable[[Event], None] | None = None
 
     @property
     def user_id(self) -> str:
@@ -226,17 +234,23 @@ class GatewaySession:
         self._deliver(message)
 
     def _deliver(self, item: Message | Event) -> None:
+        if self.gate is not None:
+            self.gate(item)
+            return
         self.seq += 1
         self.ring.append(item)
         if self._outlet is not None:
             self._outlet(self._frame(item, self.seq))
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Message | Event) -> None:
         self._deliver(event)
 
     # -- internal events --------------------------------------------------------------------
     async def _on_internal(self, event: Event) -> None:
-        if event.type == "_session_revoked":
+        if event.type == HANDOFF_MARK:
+            if self.on_mark is not None:
+                self.on_mark(event)
+        elif event.type == "_session_revoked":
             if msgspec.json.decode(event.d_json).get("session_id") == self.identity.session_id:
                 self.end(CloseCode.AUTHENTICATION_FAILED, "session revoked")
         elif event.type == GUILD_ACCESS:
@@ -445,6 +459,10 @@ class SessionRegistry:
         self.nursery = nursery
         self.sessions: dict[str, GatewaySession] = {}
         self.frames = EnvelopeFrames()
+        nodes = getattr(ctx, "nodes", None)  # unit tests build a registry without a daemon
+        self.node_id = nodes.node_id if nodes is not None else ""
+        # Resumes of sessions held by other nodes (set by the gateway when several nodes run).
+        self.handoff: SessionTaker | None = None
         # Sessions with no connection, and when their resume window ends.
         self.detached: dict[GatewaySession, float] = {}
         # Sessions with typing in progress (insertion-ordered set).
@@ -464,8 +482,12 @@ class SessionRegistry:
                     if not session.is_typing:
                         self.typing.pop(session, None)
 
-    async def start(self, identity: Identity) -> tuple[GatewaySession, list[Row]]:
+    async def start(
+        self, identity: Identity, *, gate: Callable[[Message | Event], None] | None = None
+    ) -> tuple[GatewaySession, list[Row]]:
+        """``gate``: a session taken over from another node starts with its events held back."""
         session = GatewaySession(self.ctx, identity, self, self.frames)
+        session.gate = gate
         self.sessions[session.session_id] = session
         try:
             guilds: list[Row] = await self.nursery.start(session.run)

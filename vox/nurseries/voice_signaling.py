@@ -47,6 +47,7 @@ async def voice_request(
         if type_ == "voice_join":
             if d.get("transport", "webrtc") != "webrtc":
                 raise VoiceError("unsupported_transport", "only transport webrtc is supported here")
+            await _claim_room(ctx, d.get("channel_id"))
             await voice.join(user_id, d.get("channel_id"), conn_id, send)  # type: ignore[arg-type]
         elif type_ == "voice_leave":
             await voice.leave(user_id)
@@ -66,3 +67,17 @@ async def voice_request(
         body = exc.body() if isinstance(exc, VoiceError) else exc.body()["error"]
         log.info("voice request refused", extra={"fields": {"user_id": user_id, "request": type_, **body}})
         send(control_frame("voice_error", {"request": type_, **body}))
+
+
+async def _claim_room(ctx: Context, channel_id: Any) -> None:
+    """A voice room's media lives on one node (vox.services.nodes): a join that arrives at
+    another node is sent to that node's gateway rather than relayed."""
+    if ctx.nodes is None or not isinstance(channel_id, str) or not 0 < len(channel_id) <= 64:
+        return
+    elsewhere = await ctx.nodes.claim_room(channel_id)
+    if elsewhere is not None:
+        raise VoiceError(
+            "room_elsewhere",
+            "this voice channel is hosted by another node: join it over that gateway",
+            gateway_url=elsewhere,
+        )

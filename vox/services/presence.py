@@ -1,7 +1,9 @@
 """Presence: online/away/busy/offline and rich presence (activity), across every daemon.
 
 A user is online while at least one of their gateway sessions lives on any daemon: sessions are
-counted in the Ephemeral store (shared through Redis when several daemons run). The status a
+counted in the Ephemeral store (shared through Redis when several daemons run), in total and per
+daemon (``node_users:{node}``), so that when a daemon dies the others take its share off the
+totals (``reap``, vox.services.nodes) and tell who went offline. The status a
 user picks is stored (it survives reconnects); ``offline`` as a choice means invisible. The
 activity lives in the Ephemeral store only, for as long as the user is connected.
 
@@ -15,6 +17,7 @@ whole state, so a client simply applies the latest.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -57,11 +60,21 @@ def validate_activity(raw: Any) -> dict[str, Any] | None:
     return msgspec.to_builtins(activity)  # type: ignore[no-any-return]
 
 
+def node_users_key(node_id: str) -> str:
+    """The counter map of one daemon's sessions per user."""
+    return f"node_users:{node_id}"
+
+
 class PresenceService:
-    def __init__(self, accounts: Accounts, ephemeral: Ephemeral, broker: Broker) -> None:
+    def __init__(
+        self, accounts: Accounts, ephemeral: Ephemeral, broker: Broker, *, node_id: str = ""
+    ) -> None:
         self.accounts = accounts
         self.ephemeral = ephemeral
         self.broker = broker
+        self.node_id = node_id
+        # This daemon's sessions per user: what node_users:{node} should say, to restore it.
+        self.local: Counter[str] = Counter()
 
     async def _publish(self, user_id: str, type_: str, d: dict[str, Any], *, to_self: bool = True) -> None:
         payload = envelope(encode_event(type_, d))
@@ -81,6 +94,9 @@ class PresenceService:
         return "offline" if preferred == "offline" else preferred
 
     async def connected(self, user_id: str) -> None:
+        self.local[user_id] += 1
+        if self.node_id:
+            await self.ephemeral.hincr(node_users_key(self.node_id), user_id, 1, COUNT_TTL_S)
         count = await self.ephemeral.incr(f"presence:sessions:{user_id}", 1, COUNT_TTL_S)
         if count == 1:
             status = await self._shown_status(user_id)
@@ -92,7 +108,28 @@ class PresenceService:
             )
 
     async def disconnected(self, user_id: str) -> None:
-        count = await self.ephemeral.incr(f"presence:sessions:{user_id}", -1, COUNT_TTL_S)
+        self.local[user_id] -= 1
+        if self.local[user_id] <= 0:
+            del self.local[user_id]
+        if self.node_id:
+            await self.ephemeral.hincr(node_users_key(self.node_id), user_id, -1, COUNT_TTL_S)
+        await self.reap(user_id, 1)
+
+    async def restore(self) -> None:
+        """This daemon was presumed dead and reaped while its sessions lived on: count them in
+        again (announcing online where that makes a user online again)."""
+        for user_id, sessions in list(self.local.items()):
+            await self.ephemeral.hincr(node_users_key(self.node_id), user_id, sessions, COUNT_TTL_S)
+            count = await self.ephemeral.incr(f"presence:sessions:{user_id}", sessions, COUNT_TTL_S)
+            if count == sessions:
+                status = await self._shown_status(user_id)
+                d = {"user_id": user_id, "status": status, "activity": None}
+                await self._publish(user_id, "presence_update", d, to_self=False)
+
+    async def reap(self, user_id: str, sessions: int) -> None:
+        """Take ``sessions`` off the user's count (theirs on a daemon that died, or one that just
+        ended); announce offline when none is left anywhere."""
+        count = await self.ephemeral.incr(f"presence:sessions:{user_id}", -sessions, COUNT_TTL_S)
         if count <= 0:
             await self.ephemeral.delete(f"presence:sessions:{user_id}")
             await self.ephemeral.delete(f"presence:activity:{user_id}")

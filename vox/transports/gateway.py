@@ -15,6 +15,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from vox.context import Context
 from vox.nurseries.connection import GatewayConnection
+from vox.nurseries.handoff import SessionTaker
 from vox.nurseries.session import SessionRegistry
 from vox.protocol.gateway import MAX_CLIENT_FRAME_BYTES, SUBPROTOCOL, CloseCode, token_from_subprotocols
 
@@ -69,9 +70,16 @@ async def serve_gateway(
     async with trio.open_nursery() as sessions_nursery:
         server = GatewayServer(ctx, SessionRegistry(ctx, sessions_nursery))
         sessions_nursery.start_soon(server.sessions.run_timers)
+        if ctx.nodes is not None:
+            # Resumes of sessions held by other nodes, and the requests of others for ours.
+            taker = SessionTaker(ctx, server.sessions, ctx.nodes)
+            await sessions_nursery.start(taker.run)
+            server.sessions.handoff = taker
         await _serve_connections(ctx, server, task_status)
         # Every connection is closed; end the sessions (presence goes offline) and stop.
         server.sessions.end_all()
+        if server.sessions.handoff is not None:
+            server.sessions.handoff.close()
         sessions_nursery.cancel_scope.deadline = trio.current_time() + ctx.config.shutdown_grace_s
 
 
