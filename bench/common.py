@@ -17,6 +17,7 @@ class Server:
     rest: str
     gateway: str
     proc: subprocess.Popen[str]
+    media: str | None = None
 
 
 @contextmanager
@@ -51,7 +52,7 @@ def vox_server(extra_env: dict[str, str] | None = None, *args: str) -> Iterator[
             if not line or line[:2] != ["vox:", "ready"]:
                 raise RuntimeError(f"daemon did not start: {line}")
             parts = dict(p.split("=", 1) for p in line[2:])
-            yield Server(rest=parts["rest"], gateway=parts["gateway"], proc=proc)
+            yield Server(rest=parts["rest"], gateway=parts["gateway"], proc=proc, media=parts.get("media"))
         finally:
             proc.terminate()
             try:

@@ -49,6 +49,10 @@ def test_precedence_default_file_env_flag(tmp_path: Path) -> None:
         ('voice_udp_ports = "5000-4000"\n', {}, "voice_udp_ports"),
         ("", {"VOX_VOICE_HOST_ADDRESSES": "127.0.0.1,nope"}, "voice_host_addresses"),
         ("voice_room_limit = 0\n", {}, "voice_room_limit"),
+        ('media_host = "example.org"\n', {}, "media_host"),
+        ("media_token_ttl_s = 0\n", {}, "media_token_ttl_s"),
+        ("", {"VOX_MEDIA_IDLE_TIMEOUT_S": "-1"}, "media_idle_timeout_s"),
+        ("media_rate_pps = 0\n", {}, "media_rate_pps"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:

@@ -80,6 +80,15 @@ class Config:
     voice_public_ip: str = ""
     voice_udp_ports: str = ""
     voice_host_addresses: str = ""
+    media_host: str = ""  # empty: host
+    media_cert_file: str = ""  # empty: a self-signed certificate generated in data_dir
+    media_key_file: str = ""
+    media_token_ttl_s: float = 60.0
+    media_idle_timeout_s: float = 30.0
+    media_auth_timeout_s: float = 5.0
+    media_max_connections: int = 1000
+    media_rate_pps: int = 1500
+    media_rate_burst: int = 300
 
     @property
     def resolved_database_url(self) -> str:
@@ -404,6 +413,45 @@ FIELDS: tuple[Field, ...] = (
         "non-loopback interface (aioice's default). 127.0.0.1 for loopback-only setups.",
         _ip_list,
     ),
+    Field(
+        "media_host",
+        str,
+        "Address the QUIC media listener binds to; empty: the same as host.",
+        _ip_or_empty,
+    ),
+    Field(
+        "media_cert_file",
+        str,
+        "PEM certificate (chain) of the QUIC media listener; empty: a self-signed one generated in "
+        "data_dir/keys (clients must then pin or skip verification).",
+    ),
+    Field("media_key_file", str, "PEM private key of media_cert_file (both or neither)."),
+    Field(
+        "media_token_ttl_s",
+        float,
+        "Seconds a media token is valid; a fresh voice_media_session is sent before it expires.",
+        _positive,
+    ),
+    Field(
+        "media_idle_timeout_s",
+        float,
+        "Seconds a QUIC media connection may stay silent before it is closed (and its user leaves).",
+        _positive,
+    ),
+    Field(
+        "media_auth_timeout_s",
+        float,
+        "Seconds a new QUIC media connection gets to present its token before it is closed.",
+        _positive,
+    ),
+    Field("media_max_connections", int, "QUIC media connections accepted at once.", _positive),
+    Field(
+        "media_rate_pps",
+        int,
+        "Datagrams per second one media sender may average; the excess is dropped and counted.",
+        _positive,
+    ),
+    Field("media_rate_burst", int, "Datagrams one media sender may send at once above that rate.", _positive),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 

@@ -21,6 +21,7 @@ from vox.services.friends import FriendService
 from vox.services.guilds import GuildService
 from vox.services.invites import InviteService
 from vox.services.keys import KeyService
+from vox.services.media import MediaService
 from vox.services.messages import MessageService
 from vox.services.mls import MlsRelay
 from vox.services.moderation import ModerationService
@@ -98,5 +99,7 @@ class Context:
     addresses: Addresses | None = None
     # The WebRTC SFU (vox.services.voice), opened by the root nursery after the services.
     voice: VoiceService | None = None
+    # Voice rooms over the QUIC media transport (vox.services.media), opened after the SFU.
+    media: MediaService | None = None
     # This daemon among the others of a deployment (vox.services.nodes), opened by the root nursery.
     nodes: NodeRegistry | None = None

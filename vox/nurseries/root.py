@@ -29,6 +29,7 @@ from vox.services.guild_events import GuildEvents
 from vox.services.guilds import GuildService
 from vox.services.invites import InviteService
 from vox.services.keys import KeyService
+from vox.services.media import open_media
 from vox.services.messages import MessageService
 from vox.services.mls import MlsRelay
 from vox.services.moderation import ModerationService
@@ -44,6 +45,7 @@ from vox.services.tokens import Tokens
 from vox.services.voice import open_voice
 from vox.storage import Store, open_engine
 from vox.transports.gateway import serve_gateway
+from vox.transports.quic import serve_media
 from vox.transports.rest import serve_rest
 
 log = logging.getLogger("vox.root")
@@ -136,15 +138,32 @@ async def run_daemon(
         ctx.voice = await stack.enter_async_context(
             open_voice(config, permissions, broker, store.accounts, ctx.metrics, ctx.calls)
         )
+        # QUIC media sessions: like the SFU's peers, they outlive the listeners and are torn down
+        # (voice_user_left announced) before the broker closes.
+        ctx.media = await stack.enter_async_context(
+            open_media(
+                config,
+                keys.server_secret,
+                permissions,
+                broker,
+                store.accounts,
+                ctx.metrics,
+                ctx.calls,
+                ctx.voice,
+            )
+        )
         async with trio.open_nursery() as nursery:
             # Ends unanswered DM calls started here at their ring deadline; returns when draining.
             await nursery.start(ctx.calls.run_timers, ctx.draining)
             rest_port = await nursery.start(serve_rest, ctx)
             gateway_port = await nursery.start(serve_gateway, ctx)
-            ctx.addresses = Addresses(host=config.host, rest_port=rest_port, gateway_port=gateway_port)
-            nodes, voice = ctx.nodes, ctx.voice
+            media_port = await nursery.start(serve_media, config, ctx.media, ctx.draining)
+            ctx.addresses = Addresses(
+                host=config.host, rest_port=rest_port, gateway_port=gateway_port, media_port=media_port
+            )
+            nodes, voice, media = ctx.nodes, ctx.voice, ctx.media
             nodes.gateway_url = config.public_gateway_url or ctx.addresses.gateway_url
-            nodes.live_rooms = lambda: set(voice.rooms)
+            nodes.live_rooms = lambda: set(voice.rooms) | (set(media.rooms) if media is not None else set())
             await nodes.heartbeat()
             log.info(
                 "listening",

@@ -1,4 +1,7 @@
-"""Gateway voice signaling: the ``voice_*`` client requests (protocol.md sections 6 and 8).
+"""Gateway voice signaling: the ``voice_*`` client requests (protocol.md sections 6, 8 and 9).
+
+``voice_join {transport: "quic"}`` goes to the QUIC media rooms (vox.services.media), anything
+else to the WebRTC SFU; later requests of a user in a media session go to the media rooms.
 
 The gateway connection hands every request named in ``VOICE_REQUESTS`` here. A refused request
 is answered with a ``voice_error {code, message, request}`` frame to that connection; the
@@ -14,7 +17,8 @@ from typing import Any
 from vox.context import Context
 from vox.errors import APIError
 from vox.protocol.gateway import control_frame
-from vox.services.voice import VoiceError
+from vox.services.media import MediaService
+from vox.services.voice_rules import VoiceError
 
 __all__ = ["VOICE_REQUESTS", "voice_request"]
 
@@ -38,17 +42,30 @@ VOICE_REQUESTS = frozenset(
 async def voice_request(
     ctx: Context, user_id: str, conn_id: int, send: Callable[[str], None], type_: str, d: dict[str, Any]
 ) -> None:
-    voice = ctx.voice
+    voice, media = ctx.voice, ctx.media
     try:
         if voice is None:
             raise VoiceError("unavailable", "voice is not available on this server")
         if type_ in ("voice_join", "voice_screen_share_start"):
             await ctx.limiter.take("voice_join", user_id)
+        transport = d.get("transport", "webrtc") if type_ == "voice_join" else None
+        # A user in a QUIC media session has its mute, share, stats and leave requests handled
+        # there; the WebRTC-only requests (answer, ICE) answer not_in_voice from the SFU.
+        quic = media is not None and (transport == "quic" or media.has_connection(user_id, conn_id))
+        if type_ == "voice_leave" and media is not None and media.session(user_id) is not None:
+            quic = True
         if type_ == "voice_join":
-            if d.get("transport", "webrtc") != "webrtc":
-                raise VoiceError("unsupported_transport", "only transport webrtc is supported here")
+            if transport not in ("webrtc", "quic"):
+                raise VoiceError("unsupported_transport", 'transport must be "webrtc" or "quic"')
             await _claim_room(ctx, d.get("channel_id"))
-            await voice.join(user_id, d.get("channel_id"), conn_id, send)  # type: ignore[arg-type]
+            if transport == "quic":
+                if media is None:
+                    raise VoiceError("unsupported_transport", "the QUIC media transport is not enabled")
+                await media.join(user_id, d.get("channel_id"), conn_id, send)
+            else:
+                await voice.join(user_id, d.get("channel_id"), conn_id, send)  # type: ignore[arg-type]
+        elif quic and media is not None and type_ in MEDIA_REQUESTS:
+            await _media_request(media, user_id, conn_id, type_, d)
         elif type_ == "voice_leave":
             await voice.leave(user_id)
         elif type_ == "voice_answer":
@@ -81,3 +98,30 @@ async def _claim_room(ctx: Context, channel_id: Any) -> None:
             "this voice channel is hosted by another node: join it over that gateway",
             gateway_url=elsewhere,
         )
+
+
+MEDIA_REQUESTS = frozenset(
+    {
+        "voice_leave",
+        "voice_mute",
+        "voice_unmute",
+        "voice_screen_share_start",
+        "voice_screen_share_stop",
+        "voice_stats",
+    }
+)
+
+
+async def _media_request(
+    media: MediaService, user_id: str, conn_id: int, type_: str, d: dict[str, Any]
+) -> None:
+    if type_ == "voice_leave":
+        await media.leave(user_id)
+    elif type_ in ("voice_mute", "voice_unmute"):
+        await media.set_self_muted(user_id, conn_id, type_ == "voice_mute")
+    elif type_ == "voice_screen_share_start":
+        await media.screen_share_start(user_id, conn_id, d.get("quality"))
+    elif type_ == "voice_screen_share_stop":
+        await media.screen_share_stop(user_id, conn_id)
+    elif type_ == "voice_stats":
+        await media.stats(user_id, conn_id, d)

@@ -31,13 +31,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aioice.ice
 import trio
 
 from vox.config import Config
-from vox.errors import APIError, MissingPermission, NotFound, ValidationError, VoxError
+from vox.errors import NotFound, VoxError
 from vox.metrics import Metrics
 from vox.nurseries.bridge import aio, bounded, open_bridge
 from vox.protocol.gateway import control_frame
@@ -48,8 +48,18 @@ from vox.services.guild_events import user_topic
 from vox.services.permissions import PermissionService, require
 from vox.services.publish import publish_event
 from vox.services.voice_access import VoiceAccessWatch
+from vox.services.voice_rules import (
+    VoiceError,
+    as_rest_error,
+    check_move_target,
+    leave_call,
+    voice_channel_access,
+)
 from vox.storage.accounts import Accounts
 from vox.transports import webrtc
+
+if TYPE_CHECKING:
+    from vox.services.media import MediaService
 
 __all__ = ["Participant", "VoiceError", "VoiceService", "open_voice"]
 
@@ -58,21 +68,7 @@ log = logging.getLogger("vox.voice")
 Send = Callable[[str], None]
 NEGOTIATION_TIMEOUT_S = 10.0
 # REST status of a voice error met by a moderation request (a move).
-_STATUS = {"not_found": 404, "missing_permission": 403, "not_in_call": 403, "room_full": 409, "conflict": 409}
 EVENT_TIMEOUT_S = 2.0
-
-
-class VoiceError(VoxError):
-    """Refused voice request: answered with ``voice_error {code, message}``, never a close."""
-
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
-
-    def body(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, **self.extra}
 
 
 @dataclass(eq=False)
@@ -181,6 +177,9 @@ class VoiceService:
         self.watch = VoiceAccessWatch(
             broker, self._members_of, lambda: list(self.by_user), self._recheck_user
         )
+        # The QUIC media rooms (vox.services.media), set while they run: one voice channel per
+        # user and one transport per room hold across both.
+        self.media: MediaService | None = None
 
     # -- queries ------------------------------------------------------------------------------
     def participant(self, user_id: str) -> Participant | None:
@@ -192,23 +191,7 @@ class VoiceService:
 
     # -- join / leave -------------------------------------------------------------------------
     async def _check_channel(self, user_id: str, channel_id: str) -> tuple[int, str | None]:
-        """The user's permissions in a voice channel they may connect to and its guild id (None
-        for a DM, whose call they must be in), or VoiceError."""
-        try:
-            perms, channel = await self.permissions.channel_permissions(user_id, channel_id)
-        except NotFound:
-            raise VoiceError("not_found", "channel not found") from None
-        guild_id = channel["guild_id"]
-        if guild_id is None:
-            if not await self.calls.is_participant(channel_id, user_id):
-                raise VoiceError("not_in_call", "join the DM call first")
-        elif channel.get("channel_type") != "voice":
-            raise VoiceError("not_voice_channel", "not a voice channel")
-        try:
-            require(perms, Permission.VOICE_CONNECT)
-        except MissingPermission as exc:
-            raise VoiceError(exc.code, exc.message, **exc.extra) from None
-        return perms, None if guild_id is None else str(guild_id)
+        return await voice_channel_access(self.permissions, self.calls, user_id, channel_id)
 
     async def join(
         self, user_id: str, channel_id: str, conn_id: int, send: Send, *, keep: Participant | None = None
@@ -218,6 +201,8 @@ class VoiceService:
         if not isinstance(channel_id, str) or not 0 < len(channel_id) <= 64:
             raise VoiceError("validation_error", "voice_join needs d.channel_id")
         perms, guild_id = await self._check_channel(user_id, channel_id)
+        if self.media is not None:
+            await self.media.before_webrtc_join(user_id, channel_id)
         existing = self.by_user.get(user_id)
         if existing is not None:
             await self._leave(existing)
@@ -291,6 +276,8 @@ class VoiceService:
         for p in list(self.by_user.values()):
             if p.conn_id == conn_id:
                 p.scope.cancel()
+        if self.media is not None:
+            self.media.connection_closed(conn_id)
 
     async def _own(
         self, p: Participant, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -326,22 +313,10 @@ class VoiceService:
                     await self.watch.untrack(p.user_id, room.guild_id)
                 if room.guild_id is None and not p.out_of_call:
                     with trio.move_on_after(EVENT_TIMEOUT_S):
-                        await self._leave_call(p)
+                        await leave_call(self.calls, p.user_id, p.channel_id)
         finally:
             p.done.set()
             log.info("voice left", extra={"fields": {"user_id": p.user_id, "channel_id": p.channel_id}})
-
-    async def _leave_call(self, p: Participant) -> None:
-        """A DM call's media is its call: whoever drops out of the room (voice_leave, a closed
-        connection, joining another channel, shutdown) leaves the call too, so the call ends when
-        the last one goes instead of staying "active" with nobody connected."""
-        try:
-            await self.calls.leave(p.user_id, p.channel_id)
-        except VoxError as exc:  # the call or DM is gone, or storage/Redis failed
-            log.info(
-                "voice peer left; call not left",
-                extra={"fields": {"user_id": p.user_id, "channel_id": p.channel_id, "error": str(exc)}},
-            )
 
     def _members_of(self, guild_id: str) -> list[str]:
         return [u for room in self.rooms.values() if room.guild_id == guild_id for u in room.participants]
@@ -633,6 +608,8 @@ class VoiceService:
         return p
 
     async def server_mute(self, actor: str, channel_id: str, target: str, muted: bool) -> dict[str, Any]:
+        if self.media is not None and self.media.in_channel(target, channel_id):
+            return await self.media.server_mute(actor, channel_id, target, muted)
         p = await self._moderated(actor, channel_id, target, Permission.VOICE_MUTE_OTHERS)
         if p.server_muted != muted:
             p.server_muted = muted
@@ -640,6 +617,8 @@ class VoiceService:
         return p.state()
 
     async def server_deafen(self, actor: str, channel_id: str, target: str, deafened: bool) -> dict[str, Any]:
+        if self.media is not None and self.media.in_channel(target, channel_id):
+            return await self.media.server_deafen(actor, channel_id, target, deafened)
         p = await self._moderated(actor, channel_id, target, Permission.VOICE_DEAFEN_OTHERS)
         if p.deafened != deafened:
             p.deafened = deafened
@@ -651,19 +630,14 @@ class VoiceService:
         return p.state()
 
     async def move(self, actor: str, channel_id: str, target: str, target_channel_id: Any) -> dict[str, Any]:
-        if not isinstance(target_channel_id, str) or not target_channel_id:
-            raise ValidationError("target_channel_id is required", {"target_channel_id": "required"})
+        if self.media is not None and self.media.in_channel(target, channel_id):
+            return await self.media.move(actor, channel_id, target, target_channel_id)
         p = await self._moderated(actor, channel_id, target, Permission.VOICE_MOVE_MEMBERS)
-        perms, channel = await self.permissions.channel_permissions(actor, target_channel_id)
-        require(perms, Permission.VOICE_MOVE_MEMBERS)
-        if channel.get("channel_type") != "voice":
-            raise ValidationError("not a voice channel", {"target_channel_id": "not a voice channel"})
+        target_channel_id = await check_move_target(self.permissions, actor, target_channel_id)
         try:
             await self.join(target, target_channel_id, p.conn_id, p.send, keep=p)
         except VoiceError as exc:
-            error = APIError(exc.message, code=exc.code, **exc.extra)
-            error.status = _STATUS.get(exc.code, 400)
-            raise error from None
+            raise as_rest_error(exc) from None
         return {"user_id": target, "channel_id": target_channel_id}
 
     # -- events -------------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""The rules both voice transports share (the WebRTC SFU, vox.services.voice, and the QUIC media
+rooms, vox.services.media): who may be in a voice channel, how a moderator's move is checked, how a
+refusal reads over REST, and how a DM call's media and the call end together."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vox.errors import APIError, MissingPermission, NotFound, ValidationError, VoxError
+from vox.protocol.permissions import Permission
+from vox.services.calls import CallService
+from vox.services.permissions import PermissionService, require
+
+__all__ = ["VoiceError", "as_rest_error", "check_move_target", "leave_call", "voice_channel_access"]
+
+log = logging.getLogger("vox.voice")
+
+# REST status of a voice refusal met by a moderation request (a move).
+_STATUS = {
+    "not_found": 404,
+    "missing_permission": 403,
+    "not_in_call": 403,
+    "room_full": 409,
+    "conflict": 409,
+    "transport_mismatch": 409,
+}
+
+
+class VoiceError(VoxError):
+    """Refused voice request: answered with ``voice_error {code, message}``, never a close."""
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.extra}
+
+
+def as_rest_error(exc: VoiceError) -> APIError:
+    error = APIError(exc.message, code=exc.code, **exc.extra)
+    error.status = _STATUS.get(exc.code, 400)
+    return error
+
+
+async def voice_channel_access(
+    permissions: PermissionService, calls: CallService, user_id: str, channel_id: str
+) -> tuple[int, str | None]:
+    """The user's permissions in a voice channel they may connect to and its guild id (None for a
+    DM, whose call they must be in), or VoiceError."""
+    try:
+        perms, channel = await permissions.channel_permissions(user_id, channel_id)
+    except NotFound:
+        raise VoiceError("not_found", "channel not found") from None
+    guild_id = channel["guild_id"]
+    if guild_id is None:
+        if not await calls.is_participant(channel_id, user_id):
+            raise VoiceError("not_in_call", "join the DM call first")
+    elif channel.get("channel_type") != "voice":
+        raise VoiceError("not_voice_channel", "not a voice channel")
+    try:
+        require(perms, Permission.VOICE_CONNECT)
+    except MissingPermission as exc:
+        raise VoiceError(exc.code, exc.message, **exc.extra) from None
+    return perms, None if guild_id is None else str(guild_id)
+
+
+async def check_move_target(permissions: PermissionService, actor: str, target_channel_id: Any) -> str:
+    """A move's destination: a voice channel where the moderator also has VOICE_MOVE_MEMBERS."""
+    if not isinstance(target_channel_id, str) or not target_channel_id:
+        raise ValidationError("target_channel_id is required", {"target_channel_id": "required"})
+    perms, channel = await permissions.channel_permissions(actor, target_channel_id)
+    require(perms, Permission.VOICE_MOVE_MEMBERS)
+    if channel.get("channel_type") != "voice":
+        raise ValidationError("not a voice channel", {"target_channel_id": "not a voice channel"})
+    return target_channel_id
+
+
+async def leave_call(calls: CallService, user_id: str, channel_id: str) -> None:
+    """A DM call's media is its call: whoever drops out of the room (voice_leave, a closed
+    connection, joining another channel, shutdown) leaves the call too, so the call ends when the
+    last one goes instead of staying "active" with nobody connected."""
+    try:
+        await calls.leave(user_id, channel_id)
+    except VoxError as exc:  # the call or DM is gone, or storage/Redis failed
+        log.info(
+            "voice media ended; call not left",
+            extra={"fields": {"user_id": user_id, "channel_id": channel_id, "error": str(exc)}},
+        )
