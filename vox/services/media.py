@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import trio
 
 from vox.config import Config
-from vox.errors import NotFound, VoxError
+from vox.errors import NotFound
 from vox.metrics import MediaSnapshot, Metrics
 from vox.protocol.gateway import control_frame
 from vox.protocol.media import (
@@ -67,7 +67,8 @@ from vox.services.voice_rules import (
     VoiceError,
     as_rest_error,
     check_move_target,
-    leave_call,
+    current_rights,
+    released,
     voice_channel_access,
 )
 from vox.storage.accounts import Accounts
@@ -450,12 +451,7 @@ class MediaService:
                 await self._publish(room, "voice_user_left", d, also=[s.user_id])
                 if room.sessions:
                     await self._publish(room, "voice_room_state", room.state())
-            with trio.move_on_after(EVENT_TIMEOUT_S):
-                await self.watch.untrack(s.user_id, room.guild_id)
-            if room.guild_id is None and not s.out_of_call:
-                # As with the SFU: a DM call's media is its call; dropping out leaves the call.
-                with trio.move_on_after(EVENT_TIMEOUT_S):
-                    await leave_call(self.calls, s.user_id, s.channel_id)
+            await released(self.watch, self.calls, s, room.guild_id)
         finally:
             s.done.set()
             log.info("media left", extra={"fields": {"user_id": s.user_id, "channel_id": s.channel_id}})
@@ -473,25 +469,8 @@ class MediaService:
         """The SFU's rule for its peers, for a media session: without VOICE_CONNECT, the channel
         or the DM call the user leaves (told by a voice_error with the reason); the datagram
         permissions follow VOICE_SPEAK, VIDEO and SCREEN_SHARE; losing SCREEN_SHARE stops a share."""
-        try:
-            perms, _guild_id = await self._check_channel(s.user_id, s.channel_id)
-        except VoiceError as exc:
-            if self.by_user.get(s.user_id) is not s or s.scope.cancel_called:
-                return
-            log.info(
-                "media access lost",
-                extra={"fields": {"user_id": s.user_id, "channel_id": s.channel_id, "code": exc.code}},
-            )
-            s.out_of_call = exc.code == "not_in_call"
-            s.send(control_frame("voice_error", {"request": None, "removed": True, **exc.body()}))
-            s.scope.cancel()
-            return
-        except VoxError as exc:  # storage unavailable: keep the session, the next change checks again
-            log.warning(
-                "media access check failed", extra={"fields": {"user_id": s.user_id, "error": str(exc)}}
-            )
-            return
-        if self.by_user.get(s.user_id) is not s:
+        perms = await current_rights(s, self._check_channel, lambda: self.by_user.get(s.user_id) is s)
+        if perms is None:
             return
         can_speak = bool(perms & Permission.VOICE_SPEAK)
         s.can_video = bool(perms & Permission.VIDEO)

@@ -37,7 +37,7 @@ import aioice.ice
 import trio
 
 from vox.config import Config
-from vox.errors import NotFound, VoxError
+from vox.errors import NotFound
 from vox.metrics import Metrics
 from vox.nurseries.bridge import aio, bounded, open_bridge
 from vox.protocol.gateway import control_frame
@@ -52,7 +52,8 @@ from vox.services.voice_rules import (
     VoiceError,
     as_rest_error,
     check_move_target,
-    leave_call,
+    current_rights,
+    released,
     voice_channel_access,
 )
 from vox.storage.accounts import Accounts
@@ -309,11 +310,7 @@ class VoiceService:
                 d = {"channel_id": p.channel_id, "user_id": p.user_id}
                 with trio.move_on_after(EVENT_TIMEOUT_S):
                     await self._publish(room, "voice_user_left", d, also=[p.user_id])
-                with trio.move_on_after(EVENT_TIMEOUT_S):
-                    await self.watch.untrack(p.user_id, room.guild_id)
-                if room.guild_id is None and not p.out_of_call:
-                    with trio.move_on_after(EVENT_TIMEOUT_S):
-                        await leave_call(self.calls, p.user_id, p.channel_id)
+                await released(self.watch, self.calls, p, room.guild_id)
         finally:
             p.done.set()
             log.info("voice left", extra={"fields": {"user_id": p.user_id, "channel_id": p.channel_id}})
@@ -331,24 +328,8 @@ class VoiceService:
         VOICE_CONNECT, the channel or the DM call they leave the room (told by a voice_error
         with the reason); without VOICE_SPEAK their audio stops; without SCREEN_SHARE their
         share stops."""
-        try:
-            perms, _guild_id = await self._check_channel(p.user_id, p.channel_id)
-        except VoiceError as exc:
-            if self.by_user.get(p.user_id) is not p or p.scope.cancel_called:
-                return
-            log.info(
-                "voice access lost",
-                extra={"fields": {"user_id": p.user_id, "channel_id": p.channel_id, "code": exc.code}},
-            )
-            p.out_of_call = exc.code == "not_in_call"
-            p.send(control_frame("voice_error", {"request": None, "removed": True, **exc.body()}))
-            p.scope.cancel()
-            return
-        except VoxError as exc:  # storage unavailable: keep the peer, the next change checks again
-            fields = {"user_id": p.user_id, "error": str(exc)}
-            log.warning("voice access check failed", extra={"fields": fields})
-            return
-        if self.by_user.get(p.user_id) is not p:
+        perms = await current_rights(p, self._check_channel, lambda: self.by_user.get(p.user_id) is p)
+        if perms is None:
             return
         room = self.rooms.get(p.channel_id)
         can_speak = bool(perms & Permission.VOICE_SPEAK)

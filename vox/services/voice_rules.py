@@ -5,16 +5,33 @@ refusal reads over REST, and how a DM call's media and the call end together."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import trio
 
 from vox.errors import APIError, MissingPermission, NotFound, ValidationError, VoxError
+from vox.protocol.gateway import control_frame
 from vox.protocol.permissions import Permission
 from vox.services.calls import CallService
 from vox.services.permissions import PermissionService, require
+from vox.services.voice_access import VoiceAccessWatch
 
-__all__ = ["VoiceError", "as_rest_error", "check_move_target", "leave_call", "voice_channel_access"]
+__all__ = [
+    "EVENT_TIMEOUT_S",
+    "Member",
+    "VoiceError",
+    "as_rest_error",
+    "check_move_target",
+    "current_rights",
+    "leave_call",
+    "released",
+    "voice_channel_access",
+]
 
 log = logging.getLogger("vox.voice")
+
+EVENT_TIMEOUT_S = 2.0
 
 # REST status of a voice refusal met by a moderation request (a move).
 _STATUS = {
@@ -90,3 +107,53 @@ async def leave_call(calls: CallService, user_id: str, channel_id: str) -> None:
             "voice media ended; call not left",
             extra={"fields": {"user_id": user_id, "channel_id": channel_id, "error": str(exc)}},
         )
+
+
+class Member(Protocol):
+    """A participant of a room, whatever its transport (an SFU peer or a QUIC media session)."""
+
+    user_id: str
+    channel_id: str
+    out_of_call: bool
+    scope: trio.CancelScope
+
+    def send(self, frame: str) -> None: ...
+
+
+async def current_rights(
+    member: Member,
+    check: Callable[[str, str], Awaitable[tuple[int, str | None]]],
+    still_here: Callable[[], bool],
+) -> int | None:
+    """The member's permissions in their channel now (vox.services.voice_access says when to
+    look), or None when there is nothing to apply: they may no longer be in the room (told by
+    ``voice_error {removed: true}`` and their owner scope cancelled, so they leave), the check
+    failed (storage down: they stay, the next change looks again), or they left meanwhile."""
+    try:
+        perms, _guild_id = await check(member.user_id, member.channel_id)
+    except VoiceError as exc:
+        if not still_here() or member.scope.cancel_called:
+            return None
+        log.info(
+            "voice access lost",
+            extra={"fields": {"user_id": member.user_id, "channel_id": member.channel_id, "code": exc.code}},
+        )
+        member.out_of_call = exc.code == "not_in_call"
+        member.send(control_frame("voice_error", {"request": None, "removed": True, **exc.body()}))
+        member.scope.cancel()
+        return None
+    except VoxError as exc:
+        fields = {"user_id": member.user_id, "error": str(exc)}
+        log.warning("voice access check failed", extra={"fields": fields})
+        return None
+    return perms if still_here() else None
+
+
+async def released(watch: VoiceAccessWatch, calls: CallService, member: Member, guild_id: str | None) -> None:
+    """What follows a member leaving a room on any transport: their rights are no longer watched,
+    and a DM call's media being its call, they leave the call (unless the call is why they left)."""
+    with trio.move_on_after(EVENT_TIMEOUT_S):
+        await watch.untrack(member.user_id, guild_id)
+    if guild_id is None and not member.out_of_call:
+        with trio.move_on_after(EVENT_TIMEOUT_S):
+            await leave_call(calls, member.user_id, member.channel_id)
