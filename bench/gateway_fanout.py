@@ -495,14 +495,16 @@ def merge_stats(replies: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def worker_pool(count: int) -> AsyncIterator[Pool]:
+async def worker_pool(count: int, script: str = __file__) -> AsyncIterator[Pool]:
+    """``count`` client processes, each ``script --worker`` (another benchmark may run this
+    module's worker loop with its own client function)."""
     procs: list[trio.Process] = []
     try:
         async with trio.open_nursery() as nursery:
             workers = []
             for _ in range(count):
                 proc = await trio.lowlevel.open_process(
-                    [sys.executable, os.path.abspath(__file__), "--worker"],
+                    [sys.executable, os.path.abspath(script), "--worker"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                 )

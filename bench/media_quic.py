@@ -51,11 +51,10 @@ import trio
 from trio_websocket import open_websocket_url
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import cpu_seconds, percentile, vox_server
+from bench.common import cpu_seconds, percentile, voice_room, vox_server
 from vox.protocol.media import HEADER_SIZE, Codec, MediaHeader, MediaType
 from vox.transports.quic_client import MediaClient, open_media_client
 
-PASSWORD = "bench password 123"
 PAYLOAD = 160
 INTERVAL = 0.02
 RATE_LIMITS = (
@@ -131,30 +130,6 @@ def bucket_quantile(before: list[tuple[float, float]], after: list[tuple[float, 
 
 def stamped(header: bytes) -> bytes:
     return header + struct.pack("!d", time.perf_counter()) + bytes(PAYLOAD - 8)
-
-
-async def setup_room(http: httpx.AsyncClient, n: int) -> tuple[list[str], str]:
-    tokens: list[str] = []
-    for i in range(n):
-        name = f"m{i}_{os.getpid()}_{time.monotonic_ns() % 100000}"
-        r = await http.post("/api/v1/auth/register", json={"username": name, "password": PASSWORD})
-        assert r.status_code == 201, r.text
-        r = await http.post("/api/v1/auth/login", json={"username": name, "password": PASSWORD})
-        tokens.append(r.json()["access_token"])
-    h0 = {"Authorization": f"Bearer {tokens[0]}"}
-    guild = (await http.post("/api/v1/guilds", json={"name": "bench"}, headers=h0)).json()
-    channel = (
-        await http.post(
-            f"/api/v1/guilds/{guild['id']}/channels",
-            json={"name": "room", "channel_type": "voice"},
-            headers=h0,
-        )
-    ).json()
-    for token in tokens[1:]:
-        invite = (await http.post(f"/api/v1/guilds/{guild['id']}/invites", json={}, headers=h0)).json()
-        r = await http.post(f"/api/v1/invites/{invite['code']}", headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 200, r.text
-    return tokens, channel["id"]
 
 
 @dataclass
@@ -322,7 +297,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         env = {"VOX_RATE_LIMITS": RATE_LIMITS, "VOX_VOICE_ROOM_LIMIT": "200"}
         with vox_server(env) as server:
             async with httpx.AsyncClient(base_url=server.rest, timeout=60) as http:
-                tokens, channel_id = await setup_room(http, args.size)
+                tokens, channel_id = await voice_room(http, args.size, "m")
                 stats = Stats()
                 async with quic_room(server.gateway, tokens, channel_id, stats) as members:
                     for speakers, repeat in [(k, r) for k in args.speakers for r in range(args.repeat)]:

@@ -28,10 +28,8 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -150,40 +148,9 @@ def worker() -> None:
     trio.run(gf.worker_main)
 
 
-@contextlib.asynccontextmanager
-async def listener_pool(count: int) -> AsyncIterator[gf.Pool]:
-    procs: list[trio.Process] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            workers = []
-            for _ in range(count):
-                proc = await trio.lowlevel.open_process(
-                    [sys.executable, os.path.abspath(__file__), "--worker"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                )
-                procs.append(proc)
-                w = gf.Worker(proc)
-                workers.append(w)
-                nursery.start_soon(w.pump)
-            try:
-                yield gf.Pool(workers)
-            finally:
-                with trio.move_on_after(20) as cleanup:
-                    cleanup.shield = True
-                    for w in workers:
-                        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                            await w.io.write({"cmd": "exit"})
-                    for proc in procs:
-                        await proc.wait()
-                nursery.cancel_scope.cancel()
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-        with trio.CancelScope(shield=True):
-            for proc in procs:
-                await proc.wait()
+def listener_pool(count: int) -> contextlib.AbstractAsyncContextManager[gf.Pool]:
+    """gateway_fanout's client processes, running this module as the worker (Matrix listeners)."""
+    return gf.worker_pool(count, script=__file__)
 
 
 # -- senders and setup ------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import httpx
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import cpu_seconds
+from bench.common import cpu_seconds, ready_urls, spawn_vox
 from bench.gateway_fanout import (
     RATE_LIMITS,
     VoxSender,
@@ -94,30 +94,9 @@ def deployment(count: int) -> Iterator[list[Node]]:
                 "VOX_RATE_LIMITS": RATE_LIMITS,
             }
             for _ in range(count):  # one after another: the first creates the keys and the schema
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "vox",
-                        "serve",
-                        "--rest-port",
-                        "0",
-                        "--gateway-port",
-                        "0",
-                        "--media-port",
-                        "0",
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    text=True,
-                    env=env,
-                )
+                proc = spawn_vox(env)
                 nodes.append(Node("", "", proc))
-                assert proc.stdout is not None
-                line = proc.stdout.readline().split()
-                if line[:2] != ["vox:", "ready"]:
-                    raise RuntimeError(f"node did not start: {line}")
-                parts = dict(p.split("=", 1) for p in line[2:])
+                parts = ready_urls(proc)
                 nodes[-1].rest, nodes[-1].gateway = parts["rest"], parts["gateway"]
             yield nodes
     finally:

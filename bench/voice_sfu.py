@@ -48,10 +48,9 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import cpu_seconds, percentile, vox_server
+from bench.common import cpu_seconds, percentile, voice_room, vox_server
 from vox.transports.webrtc import hook_receiver
 
-PASSWORD = "bench password 123"
 PAYLOAD = 80
 RATE_LIMITS = (
     "auth=100000000/1,login_failures=100000000/1,api=100000000/1,gateway_identify=100000000/1,"
@@ -155,30 +154,6 @@ class Client:
     async def close(self) -> None:
         with trio.move_on_after(5):
             await trio_asyncio.aio_as_trio(self.pc.close)()
-
-
-async def setup_room(http: httpx.AsyncClient, n: int) -> tuple[list[str], str]:
-    tokens: list[str] = []
-    for i in range(n):
-        name = f"b{i}_{os.getpid()}_{time.monotonic_ns() % 100000}"
-        r = await http.post("/api/v1/auth/register", json={"username": name, "password": PASSWORD})
-        assert r.status_code == 201, r.text
-        r = await http.post("/api/v1/auth/login", json={"username": name, "password": PASSWORD})
-        tokens.append(r.json()["access_token"])
-    h0 = {"Authorization": f"Bearer {tokens[0]}"}
-    guild = (await http.post("/api/v1/guilds", json={"name": "bench"}, headers=h0)).json()
-    channel = (
-        await http.post(
-            f"/api/v1/guilds/{guild['id']}/channels",
-            json={"name": "room", "channel_type": "voice"},
-            headers=h0,
-        )
-    ).json()
-    for token in tokens[1:]:
-        invite = (await http.post(f"/api/v1/guilds/{guild['id']}/invites", json={}, headers=h0)).json()
-        r = await http.post(f"/api/v1/invites/{invite['code']}", headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 200, r.text
-    return tokens, channel["id"]
 
 
 @asynccontextmanager
@@ -289,7 +264,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         with vox_server(env) as server:
             async with trio_asyncio.open_loop(), httpx.AsyncClient(base_url=server.rest, timeout=60) as http:
                 for n in args.sizes:
-                    tokens, channel_id = await setup_room(http, n)
+                    tokens, channel_id = await voice_room(http, n, "b")
                     stats = Stats()
                     async with sfu_room(server.gateway, tokens, channel_id, stats) as clients:
                         for spec in args.speakers:

@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from tests.process import ready_urls, spawn_vox
+
 CHROMIUM = os.environ.get("VOX_TEST_CHROMIUM", "/usr/bin/chromium")
-PORTS = ("--rest-port", "0", "--gateway-port", "0", "--media-port", "0")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 # Chromium's fake devices: a synthetic microphone (a beep) and screen, granted without a prompt.
 FAKE_MEDIA = [
@@ -66,25 +66,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     require_browser()
     data = tmp_path_factory.mktemp("vox-web") / "data"
     env = {
-        **os.environ,
         "VOX_LOG_LEVEL": "warning",
         # Browser and SFU meet on loopback: no interface scan, no STUN.
         "VOX_VOICE_HOST_ADDRESSES": "127.0.0.1",
         # Short heartbeats, so a test can cut the network and see the client notice within seconds.
         "VOX_HEARTBEAT_INTERVAL_MS": "2000",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vox", "serve", "--data-dir", str(data), "--host", "127.0.0.1", *PORTS],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    proc = spawn_vox("--data-dir", str(data), "--host", "127.0.0.1", env=env, stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        assert line[:2] == ["vox:", "ready"], f"daemon did not start: {line}"
-        parts = dict(p.split("=", 1) for p in line[2:])
+        line = proc.stdout.readline()
+        parts = ready_urls(line)
+        assert parts is not None, f"daemon did not start: {line}"
         yield Server(rest=parts["rest"], gateway=parts["gateway"], proc=proc)
     finally:
         proc.terminate()

@@ -7,10 +7,8 @@ its data (printed when a start fails). Every process is killed on the way out, w
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -24,6 +22,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from tests import backends
+from tests.process import ready_urls, spawn_vox
 
 READY_TIMEOUT_S = 30.0
 # Short liveness settings so that a killed node is noticed in seconds rather than the default 20 s.
@@ -70,32 +69,15 @@ class Cluster:
     def start(self, name: str, **extra_env: str) -> Node:
         log_path = self.base / f"{name}.log"
         log_file = log_path.open("w")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vox",
-                "serve",
-                "--rest-port",
-                "0",
-                "--gateway-port",
-                "0",
-                "--media-port",
-                "0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-            env={**os.environ, **self.env, **extra_env},
-        )
+        proc = spawn_vox(env={**self.env, **extra_env}, stderr=log_file)
         log_file.close()
         node = Node(name, proc, "", "", log_path)
         self.nodes.append(node)
         line = _read_line(proc, READY_TIMEOUT_S)
-        if not line.startswith("vox: ready "):
+        parts = ready_urls(line)
+        if parts is None:
             node.kill()
             raise RuntimeError(f"node {name} did not start: {line!r}\n{node.log_text()[-3000:]}")
-        parts = dict(p.split("=", 1) for p in line.split()[2:])
         node.rest, node.gateway = parts["rest"], parts["gateway"]
         return node
 

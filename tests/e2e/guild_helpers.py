@@ -108,6 +108,17 @@ class Api:
         return channel
 
 
+async def voice_room(api: Api, n: int) -> tuple[list[User], dict[str, Any], dict[str, Any]]:
+    """``n`` users ("owner", "user1", ...) in the owner's new guild, and its voice channel."""
+    owner = await api.user("owner")
+    users = [owner] + [await api.user(f"user{i}") for i in range(1, n)]
+    guild = await api.guild(owner)
+    for user in users[1:]:
+        await api.join(owner, user, guild["id"])
+    channel = await api.channel(owner, guild["id"], "Lounge", "voice")
+    return users, guild, channel
+
+
 def error_of(response: httpx.Response) -> dict[str, Any]:
     body: dict[str, Any] = response.json()["error"]
     return body

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import stat
 import subprocess
@@ -15,31 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.process import spawn_vox
+
 READY_PREFIX = "vox: ready rest=http://127.0.0.1:"
 
 
 def _spawn(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vox",
-            "serve",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--rest-port",
-            "0",
-            "--gateway-port",
-            "0",
-            "--media-port",
-            "0",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
+    return spawn_vox("--data-dir", str(tmp_path / "data"), *extra, env=env)
 
 
 def test_serve_prints_ready_and_exits_zero_on_sigterm(tmp_path: Path) -> None:

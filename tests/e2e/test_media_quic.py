@@ -7,7 +7,6 @@ import socket
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ import trio
 import trio_asyncio
 
 from tests.e2e.conftest import Daemon, start_daemon
-from tests.e2e.guild_helpers import Api, User
+from tests.e2e.guild_helpers import Api, voice_room
 from tests.e2e.media_helpers import Inbox, datagram, gateway, metric_value, metrics_text
 from tests.e2e.voice_helpers import voice_client
 from vox.config import Config
@@ -45,18 +44,8 @@ async def api(md: Daemon) -> AsyncIterator[Api]:
         yield Api(client)
 
 
-async def setup(api: Api, n: int) -> tuple[list[User], dict[str, Any], dict[str, Any]]:
-    owner = await api.user("owner")
-    users = [owner] + [await api.user(f"user{i}") for i in range(1, n)]
-    guild = await api.guild(owner)
-    for user in users[1:]:
-        await api.join(owner, user, guild["id"])
-    channel = await api.channel(owner, guild["id"], "Lounge", "voice")
-    return users, guild, channel
-
-
 async def test_three_clients_forward_every_datagram(md: Daemon, api: Api) -> None:
-    users, _guild, channel = await setup(api, 3)
+    users, _guild, channel = await voice_room(api, 3)
     async with (
         gateway(md, users[0].token, "a") as ga,
         gateway(md, users[1].token, "b") as gb,
@@ -136,7 +125,7 @@ async def test_three_clients_forward_every_datagram(md: Daemon, api: Api) -> Non
 
 
 async def test_bad_clients_are_dropped_and_the_daemon_carries_on(md: Daemon, api: Api) -> None:
-    users, guild, channel = await setup(api, 3)
+    users, guild, channel = await voice_room(api, 3)
     other = await api.channel(users[0], guild["id"], "Other", "voice")
     async with (
         gateway(md, users[0].token, "a") as ga,
@@ -255,7 +244,7 @@ async def test_permissions_limits_and_expiry(nursery: trio.Nursery, tmp_path: Pa
     try:
         async with httpx.AsyncClient(base_url=d.rest, timeout=10) as http:
             api = Api(http)
-            users, guild, channel = await setup(api, 2)
+            users, guild, channel = await voice_room(api, 2)
             await api.everyone(users[0], guild["id"], DEFAULT_EVERYONE & ~Permission.VOICE_SPEAK)
             async with gateway(d, users[0].token, "a") as ga, gateway(d, users[1].token, "b") as gb:
                 sa = await ga.join_quic(channel["id"])  # the owner keeps every permission
@@ -306,7 +295,7 @@ async def test_permissions_limits_and_expiry(nursery: trio.Nursery, tmp_path: Pa
 
 
 async def test_leaving_removes_the_participant_everywhere(md: Daemon, api: Api) -> None:
-    users, _guild, channel = await setup(api, 3)
+    users, _guild, channel = await voice_room(api, 3)
     async with gateway(md, users[0].token, "a") as ga, gateway(md, users[1].token, "b") as gb:
         sa = await ga.join_quic(channel["id"])
         sb = await gb.join_quic(channel["id"])
@@ -367,7 +356,7 @@ def test_generated_certificate_is_private_and_reused(tmp_path: Path) -> None:
 async def test_shutdown_closes_media_connections(nursery: trio.Nursery, tmp_path: Path) -> None:
     d = await start_daemon(nursery, tmp_path, shutdown_grace_s=3.0)
     async with httpx.AsyncClient(base_url=d.rest, timeout=10) as http:
-        users, _guild, channel = await setup(Api(http), 2)
+        users, _guild, channel = await voice_room(Api(http), 2)
     async with gateway(d, users[0].token, "a") as ga, gateway(d, users[1].token, "b") as gb:
         sessions = [await ga.join_quic(channel["id"]), await gb.join_quic(channel["id"])]
         async with (
@@ -390,7 +379,7 @@ async def test_one_transport_per_room_and_one_channel_per_user(nursery: trio.Nur
     d = await start_daemon(nursery, tmp_path, voice_host_addresses="127.0.0.1")
     try:
         async with httpx.AsyncClient(base_url=d.rest, timeout=10) as http, trio_asyncio.open_loop():
-            users, guild, channel = await setup(Api(http), 2)
+            users, guild, channel = await voice_room(Api(http), 2)
             other = await Api(http).channel(users[0], guild["id"], "Other", "voice")
             async with (
                 voice_client(d, users[0].token, "a", 440.0) as a,
@@ -423,7 +412,7 @@ async def test_one_transport_per_room_and_one_channel_per_user(nursery: trio.Nur
 
 
 async def test_rights_that_change_during_a_call_apply(md: Daemon, api: Api) -> None:
-    users, guild, channel = await setup(api, 2)
+    users, guild, channel = await voice_room(api, 2)
     async with gateway(md, users[0].token, "a") as ga, gateway(md, users[1].token, "b") as gb:
         sa = await ga.join_quic(channel["id"])
         sb = await gb.join_quic(channel["id"])
@@ -458,7 +447,7 @@ async def test_a_silent_connection_times_out_and_leaves(nursery: trio.Nursery, t
     d = await start_daemon(nursery, tmp_path, media_idle_timeout_s=1.0)
     try:
         async with httpx.AsyncClient(base_url=d.rest, timeout=10) as http:
-            users, _guild, channel = await setup(Api(http), 2)
+            users, _guild, channel = await voice_room(Api(http), 2)
             async with gateway(d, users[0].token, "a") as ga, gateway(d, users[1].token, "b") as gb:
                 await ga.join_quic(channel["id"])
                 sb = await gb.join_quic(channel["id"])
@@ -493,7 +482,7 @@ async def test_a_handshake_without_the_media_alpn_fails(md: Daemon, api: Api) ->
     client.sock.close()
     assert client.closed.is_set()
     # The listener is unaffected.
-    users, _guild, channel = await setup(api, 1)
+    users, _guild, channel = await voice_room(api, 1)
     async with gateway(md, users[0].token, "a") as ga:
         session = await ga.join_quic(channel["id"])
         async with open_media_client(session["media_url"]) as good:

@@ -18,7 +18,7 @@ import trio
 import trio_asyncio
 
 from tests.e2e.conftest import Daemon, start_daemon
-from tests.e2e.guild_helpers import Api, User
+from tests.e2e.guild_helpers import Api, User, voice_room
 from tests.e2e.voice_helpers import VoiceClient, metric, voice_client, wait_until
 from vox.protocol.permissions import DEFAULT_EVERYONE, Permission
 
@@ -53,16 +53,6 @@ async def api(vd: Daemon) -> AsyncIterator[Api]:
     """Closed before the daemon stops (an idle keep-alive connection would hold the REST drain)."""
     async with httpx.AsyncClient(base_url=vd.rest, timeout=10) as client:
         yield Api(client)
-
-
-async def setup(api: Api, n: int) -> tuple[list[User], dict[str, Any], dict[str, Any]]:
-    owner = await api.user("owner")
-    users = [owner] + [await api.user(f"user{i}") for i in range(1, n)]
-    guild = await api.guild(owner)
-    for user in users[1:]:
-        await api.join(owner, user, guild["id"])
-    channel = await api.channel(owner, guild["id"], "Lounge", "voice")
-    return users, guild, channel
 
 
 @asynccontextmanager
@@ -119,7 +109,7 @@ async def silenced(client: VoiceClient, tone: float, others: set[float]) -> None
 
 
 async def test_three_clients_hear_each_other_mute_and_leave(vd: Daemon, api: Api, loop: None) -> None:
-    users, _guild, channel = await setup(api, 3)
+    users, _guild, channel = await voice_room(api, 3)
     baseline = metric(await metrics(api), "vox_voice_asyncio_tasks")
     async with (
         voice_client(vd, users[0].token, "a", TONES[0]) as a,
@@ -196,7 +186,7 @@ async def test_three_clients_hear_each_other_mute_and_leave(vd: Daemon, api: Api
 
 
 async def test_without_voice_speak_nothing_is_forwarded(vd: Daemon, api: Api, loop: None) -> None:
-    users, guild, channel = await setup(api, 2)
+    users, guild, channel = await voice_room(api, 2)
     await api.everyone(users[0], guild["id"], DEFAULT_EVERYONE & ~Permission.VOICE_SPEAK)
     async with in_room(vd, users[:2], channel["id"]) as (a, b):
         # B (no VOICE_SPEAK) hears the owner; the owner gets B's track but no audio on it.
@@ -209,7 +199,7 @@ async def test_without_voice_speak_nothing_is_forwarded(vd: Daemon, api: Api, lo
 async def test_screen_share_reaches_the_others(vd: Daemon, api: Api, loop: None) -> None:
     from aiortc.mediastreams import VideoStreamTrack
 
-    users, _guild, channel = await setup(api, 2)
+    users, _guild, channel = await voice_room(api, 2)
     async with in_room(vd, users[:2], channel["id"]) as (a, b):
         await hearing(b, {TONES[0]})
         a.screen = VideoStreamTrack()
@@ -232,7 +222,7 @@ async def test_screen_share_reaches_the_others(vd: Daemon, api: Api, loop: None)
 
 
 async def test_voice_errors(vd: Daemon, api: Api, loop: None) -> None:
-    users, guild, channel = await setup(api, 2)
+    users, guild, channel = await voice_room(api, 2)
     text = await api.channel(users[0], guild["id"], "general-2", "text")
     stranger = await api.user("stranger")
     async with voice_client(vd, users[1].token, "b", TONES[1]) as b:
@@ -267,7 +257,7 @@ async def test_voice_errors(vd: Daemon, api: Api, loop: None) -> None:
 
 
 async def test_room_limit_and_one_channel_at_a_time(vd: Daemon, api: Api, loop: None) -> None:
-    users, guild, channel = await setup(api, 4)
+    users, guild, channel = await voice_room(api, 4)
     other = await api.channel(users[0], guild["id"], "Other", "voice")
     async with (
         voice_client(vd, users[0].token, "a", TONES[0]) as a,
@@ -329,7 +319,7 @@ async def test_room_limit_and_one_channel_at_a_time(vd: Daemon, api: Api, loop: 
 
 
 async def test_rights_that_change_during_a_call_apply_at_once(vd: Daemon, api: Api, loop: None) -> None:
-    users, guild, channel = await setup(api, 3)
+    users, guild, channel = await voice_room(api, 3)
     owner, b_user, c_user = users
     async with in_room(vd, [owner, b_user, c_user], channel["id"]) as (a, b, c):
         await hearing(a, {TONES[1], TONES[2]})
@@ -397,7 +387,7 @@ async def test_media_ports_stay_in_the_configured_range(
         nursery, tmp_path, voice_host_addresses="127.0.0.1", voice_udp_ports="41000-41003"
     )
     async with httpx.AsyncClient(base_url=daemon.rest, timeout=10) as http:
-        users, _guild, channel = await setup(Api(http), 2)
+        users, _guild, channel = await voice_room(Api(http), 2)
         async with in_room(daemon, users[:2], channel["id"]) as (a, b):
             await hearing(b, {TONES[0]})
             await hearing(a, {TONES[1]})
@@ -415,7 +405,7 @@ async def test_media_ports_stay_in_the_configured_range(
 async def test_shutdown_with_three_active_peers(nursery: trio.Nursery, tmp_path: Path, loop: None) -> None:
     daemon = await start_daemon(nursery, tmp_path, voice_host_addresses="127.0.0.1", shutdown_grace_s=3.0)
     http = httpx.AsyncClient(base_url=daemon.rest, timeout=10)
-    users, _guild, channel = await setup(Api(http), 3)
+    users, _guild, channel = await voice_room(Api(http), 3)
     async with in_room(daemon, users[:3], channel["id"]) as (a, b, c):
         for i, client in enumerate((a, b, c)):
             await hearing(client, {t for j, t in enumerate(TONES) if j != i})

@@ -69,6 +69,7 @@ from vox.services.voice_rules import (
     check_move_target,
     current_rights,
     released,
+    room_state,
     voice_channel_access,
 )
 from vox.storage.accounts import Accounts
@@ -176,15 +177,7 @@ class MediaRoom:
         self.receivers = tuple(s for s in self.sessions.values() if s.link is not None and not s.deafened)
 
     def state(self) -> dict[str, Any]:
-        return {
-            "channel_id": self.channel_id,
-            "participants": [s.state() for s in self.sessions.values()],
-            "screen_shares": [
-                {"user_id": s.user_id, "quality": s.screen_quality}
-                for s in self.sessions.values()
-                if s.screen_sharing
-            ],
-        }
+        return room_state(self.channel_id, self.sessions.values())
 
 
 class MediaService:

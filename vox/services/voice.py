@@ -54,6 +54,7 @@ from vox.services.voice_rules import (
     check_move_target,
     current_rights,
     released,
+    room_state,
     voice_channel_access,
 )
 from vox.storage.accounts import Accounts
@@ -139,15 +140,7 @@ class Room:
     participants: dict[str, Participant] = field(default_factory=dict)
 
     def state(self) -> dict[str, Any]:
-        return {
-            "channel_id": self.channel_id,
-            "participants": [p.state() for p in self.participants.values()],
-            "screen_shares": [
-                {"user_id": p.user_id, "quality": p.screen_quality}
-                for p in self.participants.values()
-                if p.screen_sharing
-            ],
-        }
+        return room_state(self.channel_id, self.participants.values())
 
 
 class VoiceService:

@@ -5,7 +5,7 @@ refusal reads over REST, and how a DM call's media and the call end together."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import trio
@@ -26,6 +26,7 @@ __all__ = [
     "current_rights",
     "leave_call",
     "released",
+    "room_state",
     "voice_channel_access",
 ]
 
@@ -157,3 +158,25 @@ async def released(watch: VoiceAccessWatch, calls: CallService, member: Member, 
     if guild_id is None and not member.out_of_call:
         with trio.move_on_after(EVENT_TIMEOUT_S):
             await leave_call(calls, member.user_id, member.channel_id)
+
+
+class Shown(Protocol):
+    """What a room's state shows of a participant, whatever its transport."""
+
+    user_id: str
+    screen_sharing: bool
+    screen_quality: str | None
+
+    def state(self) -> dict[str, Any]: ...
+
+
+def room_state(channel_id: str, members: Iterable[Shown]) -> dict[str, Any]:
+    """``voice_room_state {channel_id, participants, screen_shares}``."""
+    members = list(members)
+    return {
+        "channel_id": channel_id,
+        "participants": [m.state() for m in members],
+        "screen_shares": [
+            {"user_id": m.user_id, "quality": m.screen_quality} for m in members if m.screen_sharing
+        ],
+    }
