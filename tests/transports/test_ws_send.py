@@ -7,7 +7,8 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream, wrap_server_stream
 
-from vox.transports.ws_send import send_text_frames
+from vox.transports import ws_send
+from vox.transports.ws_send import send_text_frames, text_frame
 
 
 async def _pair(nursery: trio.Nursery) -> tuple[WebSocketConnection, WebSocketConnection]:
@@ -46,5 +47,28 @@ async def test_a_batch_to_a_closed_connection_raises_connection_closed() -> None
         await server.aclose()
         with pytest.raises(ConnectionClosed):
             await send_text_frames(server, ["a", "b"])
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
+def test_text_frame_is_what_wsproto_would_send(size: int) -> None:
+    from wsproto.frame_protocol import FrameProtocol
+
+    text = ("é" * size)[: max(size // 2, 0)] + "x" * (size - max(size // 2, 0))
+    assert text_frame(text) == bytes(FrameProtocol(client=False, extensions=[]).send_data(text))
+
+
+async def test_a_single_frame_and_a_large_one_arrive_intact() -> None:
+    async with trio.open_nursery() as nursery:
+        server, client = await _pair(nursery)
+        big = "y" * 70_000
+        # A trio-websocket server connection takes the direct framing path (no extension).
+        assert ws_send._plain(server._wsproto)
+        await send_text_frames(server, ["one"])
+        await send_text_frames(server, [big, "after"])
+        with trio.fail_after(5):
+            got = [await client.get_message() for _ in range(3)]
+        assert got == ["one", big, "after"]
         await client.aclose()
         nursery.cancel_scope.cancel()
