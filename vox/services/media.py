@@ -39,7 +39,6 @@ from typing import Any, Protocol
 import trio
 
 from vox.config import Config
-from vox.errors import NotFound
 from vox.metrics import MediaSnapshot, Metrics
 from vox.protocol.gateway import control_frame
 from vox.protocol.media import (
@@ -59,7 +58,7 @@ from vox.protocol.permissions import Permission
 from vox.pubsub import Broker
 from vox.services.calls import CallService
 from vox.services.guild_events import user_topic
-from vox.services.permissions import PermissionService, require
+from vox.services.permissions import PermissionService
 from vox.services.publish import publish_event
 from vox.services.voice import VoiceService
 from vox.services.voice_access import VoiceAccessWatch
@@ -68,8 +67,10 @@ from vox.services.voice_rules import (
     as_rest_error,
     check_move_target,
     current_rights,
+    moderated,
     released,
     room_state,
+    stats_event,
     voice_channel_access,
 )
 from vox.storage.accounts import Accounts
@@ -601,12 +602,7 @@ class MediaService:
 
     async def stats(self, user_id: str, conn_id: int, d: dict[str, Any]) -> None:
         s = self._own_session(user_id, conn_id)
-        out: dict[str, Any] = {"channel_id": s.channel_id, "user_id": s.user_id}
-        for key in ("latency_ms", "packet_loss", "jitter_ms"):
-            value = d.get(key)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1e6:
-                raise VoiceError("validation_error", f"voice_stats needs a number d.{key}")
-            out[key] = value
+        out = stats_event(s, d)
         await self._publish(s.room, "voice_user_stats", out, exclude=s.user_id)
 
     # -- moderation (REST, through the SFU's routes) ------------------------------------------
@@ -615,12 +611,7 @@ class MediaService:
         return s is not None and s.channel_id == channel_id
 
     async def _moderated(self, actor: str, channel_id: str, target: str, bit: Permission) -> MediaSession:
-        perms, _channel = await self.permissions.channel_permissions(actor, channel_id)
-        require(perms, bit)
-        s = self.by_user.get(target)
-        if s is None or s.channel_id != channel_id:
-            raise NotFound("that user is not in this voice channel")
-        return s
+        return await moderated(self.permissions, self.by_user, actor, channel_id, target, bit)
 
     async def server_mute(self, actor: str, channel_id: str, target: str, muted: bool) -> dict[str, Any]:
         s = await self._moderated(actor, channel_id, target, Permission.VOICE_MUTE_OTHERS)

@@ -37,7 +37,6 @@ import aioice.ice
 import trio
 
 from vox.config import Config
-from vox.errors import NotFound
 from vox.metrics import Metrics
 from vox.nurseries.bridge import aio, bounded, open_bridge
 from vox.protocol.gateway import control_frame
@@ -45,7 +44,7 @@ from vox.protocol.permissions import Permission
 from vox.pubsub import Broker
 from vox.services.calls import CallService
 from vox.services.guild_events import user_topic
-from vox.services.permissions import PermissionService, require
+from vox.services.permissions import PermissionService
 from vox.services.publish import publish_event
 from vox.services.voice_access import VoiceAccessWatch
 from vox.services.voice_rules import (
@@ -53,8 +52,10 @@ from vox.services.voice_rules import (
     as_rest_error,
     check_move_target,
     current_rights,
+    moderated,
     released,
     room_state,
+    stats_event,
     voice_channel_access,
 )
 from vox.storage.accounts import Accounts
@@ -562,24 +563,14 @@ class VoiceService:
 
     async def stats(self, user_id: str, conn_id: int, d: dict[str, Any]) -> None:
         p = self._signaling_peer(user_id, conn_id)
-        out: dict[str, Any] = {"channel_id": p.channel_id, "user_id": p.user_id}
-        for key in ("latency_ms", "packet_loss", "jitter_ms"):
-            value = d.get(key)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1e6:
-                raise VoiceError("validation_error", f"voice_stats needs a number d.{key}")
-            out[key] = value
+        out = stats_event(p, d)
         room = self.rooms.get(p.channel_id)
         if room is not None:
             await self._publish(room, "voice_user_stats", out, exclude=p.user_id)
 
     # -- moderation (REST) --------------------------------------------------------------------
     async def _moderated(self, actor: str, channel_id: str, target: str, bit: Permission) -> Participant:
-        perms, _channel = await self.permissions.channel_permissions(actor, channel_id)
-        require(perms, bit)
-        p = self.by_user.get(target)
-        if p is None or p.channel_id != channel_id:
-            raise NotFound("that user is not in this voice channel")
-        return p
+        return await moderated(self.permissions, self.by_user, actor, channel_id, target, bit)
 
     async def server_mute(self, actor: str, channel_id: str, target: str, muted: bool) -> dict[str, Any]:
         if self.media is not None and self.media.in_channel(target, channel_id):

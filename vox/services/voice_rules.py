@@ -5,8 +5,8 @@ refusal reads over REST, and how a DM call's media and the call end together."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -25,8 +25,10 @@ __all__ = [
     "check_move_target",
     "current_rights",
     "leave_call",
+    "moderated",
     "released",
     "room_state",
+    "stats_event",
     "voice_channel_access",
 ]
 
@@ -180,3 +182,36 @@ def room_state(channel_id: str, members: Iterable[Shown]) -> dict[str, Any]:
             {"user_id": m.user_id, "quality": m.screen_quality} for m in members if m.screen_sharing
         ],
     }
+
+
+M = TypeVar("M", bound=Member)
+
+
+async def moderated(
+    permissions: PermissionService,
+    members: Mapping[str, M],
+    actor: str,
+    channel_id: str,
+    target: str,
+    bit: Permission,
+) -> M:
+    """The target of a moderation request: the actor holds ``bit`` in the channel and the target
+    is in that channel's room (404 otherwise)."""
+    perms, _channel = await permissions.channel_permissions(actor, channel_id)
+    require(perms, bit)
+    member = members.get(target)
+    if member is None or member.channel_id != channel_id:
+        raise NotFound("that user is not in this voice channel")
+    return member
+
+
+def stats_event(member: Member, d: Mapping[str, Any]) -> dict[str, Any]:
+    """``voice_user_stats`` from a client's ``voice_stats {latency_ms, packet_loss, jitter_ms}``
+    (numbers 0..1e6), or VoiceError."""
+    out: dict[str, Any] = {"channel_id": member.channel_id, "user_id": member.user_id}
+    for key in ("latency_ms", "packet_loss", "jitter_ms"):
+        value = d.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1e6:
+            raise VoiceError("validation_error", f"voice_stats needs a number d.{key}")
+        out[key] = value
+    return out
