@@ -128,6 +128,23 @@ class WorkerState:
     errors: list[str] = field(default_factory=list)
     closing: dict[str, trio.Event] = field(default_factory=dict)
 
+    def record(self, text: str, now: int, idx: int) -> None:
+        """A received message of client ``idx`` at ``now`` (ns): counted with its latency when it
+        carries the mark of the current phase."""
+        i = text.find(MARK)
+        if i < 0:
+            return
+        start = i + len(MARK)
+        phase, _counter, sent, _ = text[start : start + 64].split(":", 3)
+        if int(phase) != self.phase:
+            self.stale += 1
+            return
+        self.latencies_us.append((now - int(sent)) // 1000)
+        self.counts[idx] += 1
+        if not self.first_recv:
+            self.first_recv = now
+        self.last_recv = now
+
     def error(self, text: str) -> None:
         if len(self.errors) < 5:
             self.errors.append(text[:300])
@@ -149,7 +166,6 @@ async def _heartbeats(ws: Any, interval_s: float) -> None:
 
 async def _receive(state: WorkerState, idx: int, ws: Any) -> None:
     get = ws.get_message
-    mark, skip = MARK, len(MARK)
     while True:
         data = await get()
         now = time.monotonic_ns()
@@ -165,18 +181,7 @@ async def _receive(state: WorkerState, idx: int, ws: Any) -> None:
             state.binary_events += 1
         else:
             state.text_events += 1
-        i = data.find(mark)
-        if i < 0:
-            continue
-        phase, _counter, sent, _ = data[i + skip : i + skip + 64].split(":", 3)
-        if int(phase) != state.phase:
-            state.stale += 1
-            continue
-        state.latencies_us.append((now - int(sent)) // 1000)
-        state.counts[idx] += 1
-        if not state.first_recv:
-            state.first_recv = now
-        state.last_recv = now
+        state.record(data, now, idx)
 
 
 class Started:

@@ -71,7 +71,6 @@ async def matrix_client(state: gf.WorkerState, group: str, url: str, token: str,
     ``url`` is ``matrix+http://host:port``."""
     idx = -1
     base = url.removeprefix("matrix+")
-    mark, skip = gf.MARK, len(gf.MARK)
     try:
         async with httpx.AsyncClient(
             base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=SYNC_TIMEOUT_MS / 1000 + 30
@@ -110,18 +109,7 @@ async def matrix_client(state: gf.WorkerState, group: str, url: str, token: str,
                         for event in room.get("timeline", {}).get("events", []):
                             text = event.get("content", {}).get("body", "")
                             state.text_events += 1
-                            i = text.find(mark)
-                            if i < 0:
-                                continue
-                            phase, _counter, sent, _ = text[i + skip : i + skip + 64].split(":", 3)
-                            if int(phase) != state.phase:
-                                state.stale += 1
-                                continue
-                            state.latencies_us.append((now - int(sent)) // 1000)
-                            state.counts[idx] += 1
-                            if not state.first_recv:
-                                state.first_recv = now
-                            state.last_recv = now
+                            state.record(text, now, idx)
     except (httpx.HTTPError, trio.TooSlowError, ValueError, KeyError) as exc:
         state.error(f"{type(exc).__name__}: {exc}")
         if idx >= 0:
