@@ -32,7 +32,7 @@ import uuid
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-OUTBOUND_QUEUE = 512  # same as vox.nurseries.connection.OUTBOUND_QUEUE
+OUTBOUND_QUEUE = 512  # same as the default of vox.config.Config.gateway_queue_frames
 HEARTBEAT_INTERVAL_MS = 30_000
 MAX_FRAME = 64 * 1024
 

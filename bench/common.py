@@ -46,11 +46,16 @@ def ready_urls(proc: subprocess.Popen[str]) -> dict[str, str]:
     return dict(word.split("=", 1) for word in words[2:])
 
 
+# Every benchmark client connects from 127.0.0.1: the per-address connection limit (an abuse
+# guard, 256 by default) would refuse most of them.
+LOOPBACK_LIMITS = {"VOX_MAX_CONNECTIONS_PER_IP": "1000000"}
+
+
 @contextmanager
 def vox_server(extra_env: dict[str, str] | None = None, *args: str) -> Iterator[Server]:
     """Start `python -m vox serve` on free ports in a scratch data dir; stop it with SIGTERM."""
     with tempfile.TemporaryDirectory(prefix="vox-bench-") as data:
-        env = {**os.environ, "VOX_LOG_LEVEL": "warning", **(extra_env or {})}
+        env = {**LOOPBACK_LIMITS, **os.environ, "VOX_LOG_LEVEL": "warning", **(extra_env or {})}
         proc = spawn_vox(env, "--data-dir", data, *args)
         try:
             parts = ready_urls(proc)

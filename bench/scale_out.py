@@ -40,7 +40,7 @@ import httpx
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import cpu_seconds, ready_urls, spawn_vox
+from bench.common import LOOPBACK_LIMITS, cpu_seconds, ready_urls, spawn_vox
 from bench.gateway_fanout import (
     RATE_LIMITS,
     VoxSender,
@@ -85,6 +85,7 @@ def deployment(count: int) -> Iterator[list[Node]]:
     try:
         with tempfile.TemporaryDirectory(prefix="vox-bench-") as data:
             env = {
+                **LOOPBACK_LIMITS,
                 **os.environ,
                 "VOX_DATABASE_URL": f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}",
                 "VOX_REDIS_URL": REDIS_URL,

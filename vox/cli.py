@@ -1,4 +1,5 @@
-"""``vox serve``, ``vox config example`` and ``vox admin ...`` (vox.admin_cli)."""
+"""``vox serve``, ``vox config example``, ``vox admin ...`` (vox.admin_cli) and ``vox backup`` /
+``vox restore`` (vox.backup_cli)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import trio
 
-from vox import admin_cli, logs
+from vox import admin_cli, backup_cli, logs
 from vox import config as config_mod
 from vox.errors import ConfigError, VoxError
 
@@ -39,10 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--media-port", dest="media_port")
     serve.add_argument("--database-url", dest="database_url")
     serve.add_argument("--redis-url", dest="redis_url")
+    serve.add_argument(
+        "--tls-self-signed",
+        dest="tls_self_signed",
+        action="store_true",
+        default=None,
+        help="serve TLS with a self-signed certificate generated in the data directory (testing)",
+    )
     cfg = sub.add_parser("config", help="configuration helpers")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("example", help="print a commented example vox.toml")
     admin_cli.add_parser(sub)
+    backup_cli.add_parsers(sub)
     return parser
 
 
@@ -80,6 +89,14 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    # Nurseries nest: an error from inside the daemon arrives as a group within a group.
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "config":
@@ -87,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "admin":
         return admin_cli.run(args)
+    if args.command in backup_cli.COMMANDS:
+        return backup_cli.run(args)
     overrides: dict[str, Any] = {
         key: getattr(args, key)
         for key in (
@@ -97,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "media_port",
             "database_url",
             "redis_url",
+            "tls_self_signed",
         )
     }
     try:
@@ -109,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trio.run(_serve, config)
     except* ConfigError as group:
-        print(f"vox: invalid configuration: {group.exceptions[0]}", file=sys.stderr)
+        print(f"vox: invalid configuration: {_first(group)}", file=sys.stderr)
         status = EXIT_CONFIG
     except* VoxError as group:
-        log.error("fatal: %s", group.exceptions[0])
+        log.error("fatal: %s", _first(group))
         status = 1
     finally:
         writer.stop()

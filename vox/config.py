@@ -38,6 +38,8 @@ class Config:
     node_sweep_s: float = 5.0
     handoff_timeout_s: float = 5.0
     db_pool_size: int = 10
+    # full: every acknowledged write survives a power loss too, not only a killed process.
+    sqlite_synchronous: str = "full"
     broker_buffer: int = 1024
     shutdown_grace_s: float = 10.0
     log_level: str = "info"
@@ -45,10 +47,25 @@ class Config:
     public_rest_url: str = ""
     public_gateway_url: str = ""
     public_media_url: str = ""
+    tls_cert: str = ""  # empty with tls_key: plaintext unless tls_self_signed
+    tls_key: str = ""
+    tls_self_signed: bool = False
+    hsts_max_age_s: int = 31_536_000
+    cors_origins: str = ""  # empty: CORS off
     heartbeat_interval_ms: int = 30_000
     max_gateway_connections: int = 10_000
     max_request_bytes: int = 1_048_576
     max_upload_bytes: int = 26_214_400
+    # Abuse limits and slow-client timeouts (docs/operations.md "Limits and timeouts").
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 256
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_keepalive_timeout_s: float = 75.0
+    ws_handshake_timeout_s: float = 10.0
+    gateway_identify_timeout_s: float = 0.0  # 0: 1.5 x the heartbeat interval
+    gateway_queue_frames: int = 512
+    gateway_queue_bytes: int = 4_194_304
     registration_policy: str = "open"
     oidc_redirect_uris: str = ""  # empty: only loopback redirect URIs
     oidc_flow_ttl_s: float = 600.0
@@ -106,6 +123,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or greater"
+
+
 def _at_least(minimum: int) -> Callable[[int], str | None]:
     def check(value: int) -> str | None:
         return None if value >= minimum else f"must be at least {minimum}"
@@ -150,6 +171,20 @@ def _http_url(value: str) -> str | None:
     if value == "" or value.startswith(("http://", "https://", "ws://", "wss://", "quic://")):
         return None
     return "must be an absolute URL"
+
+
+def _cors_origins(value: str) -> str | None:
+    origins = cors_origin_set(value)
+    if "*" in origins:
+        return None if len(origins) == 1 else '"*" stands alone'
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/\s?#]+", origin):
+            return f"{origin!r} is not an origin (scheme://host[:port], no path)"
+    return None
+
+
+def cors_origin_set(value: str) -> frozenset[str]:
+    return frozenset(value.replace(",", " ").split())
 
 
 def _s3_bucket(value: str) -> str | None:
@@ -266,6 +301,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("db_pool_size", int, "PostgreSQL connections (and worker threads) per daemon.", _positive),
     Field(
+        "sqlite_synchronous",
+        str,
+        "SQLite durability: full (fsync the WAL at every commit; an acknowledged write survives a "
+        "power loss) or normal (fewer fsyncs; survives a killed daemon, not an OS crash).",
+        _one_of("full", "normal"),
+    ),
+    Field(
         "broker_buffer",
         int,
         "Events buffered per gateway subscription before it is cut as lagged.",
@@ -279,10 +321,91 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("public_gateway_url", str, "Gateway URL handed to clients (empty: derived).", _http_url),
     Field("public_media_url", str, "QUIC media URL handed to clients (empty: derived).", _http_url),
+    Field(
+        "tls_cert",
+        str,
+        "PEM certificate (chain) for REST (https, h2) and the gateway (wss), and for QUIC media unless "
+        "media_cert_file is set; empty: plaintext (or tls_self_signed).",
+    ),
+    Field("tls_key", str, "PEM private key of tls_cert, unencrypted (both or neither)."),
+    Field(
+        "tls_self_signed",
+        bool,
+        "Serve TLS with a self-signed certificate generated in data_dir/keys (for testing; clients "
+        "must trust or pin it). Not together with tls_cert.",
+    ),
+    Field(
+        "hsts_max_age_s",
+        int,
+        "Strict-Transport-Security max-age sent with TLS on (never over plaintext); 0 tells browsers "
+        "to forget it.",
+        _at_least(0),
+    ),
+    Field(
+        "cors_origins",
+        str,
+        'Origins (exact, comma-separated, e.g. "https://chat.example.org") whose pages may call the '
+        'REST API from a browser; "*" for any; empty: CORS off.',
+        _cors_origins,
+    ),
     Field("heartbeat_interval_ms", int, "Gateway heartbeat interval sent in hello.", _positive),
     Field("max_gateway_connections", int, "Gateway connections accepted at once (4012 beyond).", _positive),
     Field("max_request_bytes", int, "Largest JSON request body accepted.", _positive),
     Field("max_upload_bytes", int, "Largest file accepted per upload.", _positive),
+    Field(
+        "max_connections",
+        int,
+        "REST TCP connections open at once (503 server_full beyond; the gateway has its own).",
+        _positive,
+    ),
+    Field(
+        "max_connections_per_ip",
+        int,
+        "TCP connections one client address may hold on each of the REST and gateway listeners.",
+        _positive,
+    ),
+    Field(
+        "http_header_timeout_s",
+        float,
+        "Seconds a REST client gets to send a complete request head, from connecting or from its "
+        "first byte after an idle keep-alive period.",
+        _positive,
+    ),
+    Field(
+        "http_body_timeout_s",
+        float,
+        "Seconds a REST request body (or a response the client does not read) may make no progress "
+        "before the connection is closed (408 when no response started).",
+        _positive,
+    ),
+    Field(
+        "http_keepalive_timeout_s", float, "Seconds an idle REST keep-alive connection stays open.", _positive
+    ),
+    Field(
+        "ws_handshake_timeout_s",
+        float,
+        "Seconds a gateway TCP connection gets to complete its WebSocket upgrade.",
+        _positive,
+    ),
+    Field(
+        "gateway_identify_timeout_s",
+        float,
+        "Seconds a gateway connection gets to identify or resume (4003 after); 0: 1.5 x the "
+        "heartbeat interval.",
+        _non_negative,
+    ),
+    Field(
+        "gateway_queue_frames",
+        int,
+        "Frames queued for one gateway client before it is closed as too slow (4008).",
+        _positive,
+    ),
+    Field(
+        "gateway_queue_bytes",
+        int,
+        "Characters of JSON queued for one gateway client before it is closed as too slow (4008).",
+        _positive,
+    ),
     Field(
         "registration_policy",
         str,

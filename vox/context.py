@@ -33,6 +33,8 @@ from vox.services.ratelimit import RateLimiter
 from vox.services.roles import RoleService
 from vox.services.voice import VoiceService
 from vox.storage import Store
+from vox.transports.limits import ConnectionLimits
+from vox.transports.tls import CertFiles
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,16 @@ class Addresses:
     rest_port: int
     gateway_port: int
     media_port: int | None = None
+    # REST and the gateway serve TLS (https://, wss://); QUIC media always does.
+    tls: bool = False
 
     @property
     def rest_url(self) -> str:
-        return f"http://{_host(self.host)}:{self.rest_port}"
+        return f"{'https' if self.tls else 'http'}://{_host(self.host)}:{self.rest_port}"
 
     @property
     def gateway_url(self) -> str:
-        return f"ws://{_host(self.host)}:{self.gateway_port}/gateway"
+        return f"{'wss' if self.tls else 'ws'}://{_host(self.host)}:{self.gateway_port}/gateway"
 
     @property
     def media_url(self) -> str | None:
@@ -94,9 +98,13 @@ class Context:
     oidc: OidcService
     admin: AdminService
     metrics: Metrics = field(default_factory=Metrics)
+    # TCP connections each listener holds, in total and per client address (vox.transports.limits).
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     # Set when shutdown starts: listeners stop accepting, connections are told to go away.
     draining: trio.Event = field(default_factory=trio.Event)
     addresses: Addresses | None = None
+    # The certificate REST and the gateway serve (vox.transports.tls.resolve); None: plaintext.
+    tls: CertFiles | None = None
     # The WebRTC SFU (vox.services.voice), opened by the root nursery after the services.
     voice: VoiceService | None = None
     # Voice rooms over the QUIC media transport (vox.services.media), opened after the SFU.

@@ -4,7 +4,8 @@
     ├── ConfigError            bad configuration; the CLI exits with code 2
     ├── StorageError           the Store or its Engine failed
     │   ├── SchemaError        the database schema is newer than this daemon knows, or a migration failed
-    │   └── IntegrityError     a uniqueness / foreign-key constraint was violated
+    │   ├── IntegrityError     a uniqueness / foreign-key constraint was violated
+    │   └── BackupError        vox backup / vox restore refused or failed
     ├── BrokerError            the pub/sub backend failed
     │   └── SubscriberLagged   a subscriber fell behind its bounded buffer and was cut off
     ├── BlobError              the blob store failed
@@ -51,6 +52,10 @@ class SchemaError(StorageError):
 
 class IntegrityError(StorageError):
     pass
+
+
+class BackupError(StorageError):
+    """``vox backup`` / ``vox restore`` could not finish; nothing was left half-written."""
 
 
 class BrokerError(VoxError):

@@ -196,16 +196,13 @@ async def test_bad_requests_close_4002(gd: Daemon, frame: dict[str, Any]) -> Non
 
 
 async def test_client_that_does_not_read_is_cut_and_others_are_not_slowed(
-    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     import socket
 
-    from vox.nurseries import connection as connection_mod
-
-    gd = await start_daemon(nursery, tmp_path, rate_limits="api=1000000/1")
-
     # A small queue so the test needs few events; the kernel's socket buffers come on top.
-    monkeypatch.setattr(connection_mod, "OUTBOUND_QUEUE", 16)
+    gd = await start_daemon(nursery, tmp_path, rate_limits="api=1000000/1", gateway_queue_frames=16)
+
     async with gd.http() as client:
         api = Api(client)
         owner, member, _, channel = await _guild_pair(api)

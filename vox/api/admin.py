@@ -14,6 +14,7 @@ from quart import Blueprint, Response, request
 from vox.api import ctx
 from vox.api.bodies import json_body, query_limit
 from vox.api.guard import identity
+from vox.api.spec import AFTER, BEFORE, Query, documented, limit
 from vox.errors import NotFound, ValidationError
 from vox.services.auth import Identity
 from vox.services.permissions import valid_id
@@ -85,6 +86,7 @@ async def _elevated() -> Identity:
 
 
 @bp.post("/elevate")
+@documented("Elevate an admin session (password and, with MFA, a code)", body=ElevateBody)
 async def elevate() -> dict[str, Any]:
     who = await identity()
     await ctx().admin.require_admin(who)
@@ -93,6 +95,11 @@ async def elevate() -> dict[str, Any]:
 
 
 @bp.get("/users")
+@documented(
+    "List users (admin)",
+    query=(limit(50, 100), AFTER, Query("q", "Username prefix, at most 32 characters.")),
+    returns="array",
+)
 async def users() -> list[dict[str, Any]]:
     await _elevated()
     query = request.args.get("q")
@@ -102,6 +109,7 @@ async def users() -> list[dict[str, Any]]:
 
 
 @bp.post("/users/<user_id>/disable")
+@documented("Disable a user account (admin)")
 async def disable_user(user_id: str) -> dict[str, Any]:
     who = await _elevated()
     if not valid_id(user_id):
@@ -110,6 +118,7 @@ async def disable_user(user_id: str) -> dict[str, Any]:
 
 
 @bp.post("/users/<user_id>/enable")
+@documented("Enable a user account (admin)")
 async def enable_user(user_id: str) -> dict[str, Any]:
     who = await _elevated()
     if not valid_id(user_id):
@@ -118,18 +127,21 @@ async def enable_user(user_id: str) -> dict[str, Any]:
 
 
 @bp.get("/guilds")
+@documented("List guilds (admin)", query=(limit(50, 100), AFTER), returns="array")
 async def guilds() -> list[dict[str, Any]]:
     await _elevated()
     return await ctx().admin.guilds(query_limit(50, 100), _id_param("after"))
 
 
 @bp.get("/settings")
+@documented("Read instance settings (admin)")
 async def settings() -> dict[str, Any]:
     await _elevated()
     return await ctx().admin.settings()
 
 
 @bp.patch("/settings")
+@documented("Change instance settings (admin)", body=SettingsPatch)
 async def patch_settings() -> dict[str, Any]:
     who = await _elevated()
     body = await json_body(SettingsPatch)
@@ -137,12 +149,14 @@ async def patch_settings() -> dict[str, Any]:
 
 
 @bp.get("/oidc-providers")
+@documented("List SSO providers (admin)", returns="array")
 async def providers() -> list[dict[str, Any]]:
     await _elevated()
     return await ctx().oidc.admin_providers()
 
 
 @bp.post("/oidc-providers")
+@documented("Add an SSO provider (admin)", body=ProviderBody, ok=201)
 async def create_provider() -> tuple[dict[str, Any], int]:
     who = await _elevated()
     body = await json_body(ProviderBody)
@@ -150,6 +164,7 @@ async def create_provider() -> tuple[dict[str, Any], int]:
 
 
 @bp.patch("/oidc-providers/<key>")
+@documented("Change an SSO provider (admin)", body=ProviderPatch)
 async def update_provider(key: str) -> dict[str, Any]:
     who = await _elevated()
     body = await json_body(ProviderPatch)
@@ -157,6 +172,7 @@ async def update_provider(key: str) -> dict[str, Any]:
 
 
 @bp.delete("/oidc-providers/<key>")
+@documented("Remove an SSO provider (admin)", ok=204, returns="none")
 async def delete_provider(key: str) -> Response:
     who = await _elevated()
     await ctx().oidc.delete_provider(who.user_id, key, _ip())
@@ -164,6 +180,17 @@ async def delete_provider(key: str) -> Response:
 
 
 @bp.get("/audit-log")
+@documented(
+    "Instance audit log (admin)",
+    query=(
+        limit(50, 100),
+        BEFORE,
+        Query("action", "Only this action."),
+        Query("actor_id", "Only this actor."),
+        Query("guild_id", "Only this guild."),
+    ),
+    returns="array",
+)
 async def audit_log() -> list[dict[str, Any]]:
     await _elevated()
     action = request.args.get("action")

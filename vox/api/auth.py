@@ -10,6 +10,7 @@ from quart import Blueprint, Response
 from vox.api import ctx
 from vox.api.bodies import json_body
 from vox.api.guard import client_info, identity, limit_by_ip
+from vox.api.spec import documented
 from vox.errors import NotFound
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
@@ -49,6 +50,7 @@ class CodeBody(msgspec.Struct):
 
 
 @bp.post("/register")
+@documented("Create an account", body=RegisterBody, auth=False, ok=201)
 async def register() -> tuple[dict[str, Any], int]:
     await limit_by_ip("auth")
     body = await json_body(RegisterBody)
@@ -61,6 +63,7 @@ async def register() -> tuple[dict[str, Any], int]:
 
 
 @bp.post("/login")
+@documented("Log in with username and password", body=LoginBody, auth=False)
 async def login() -> dict[str, Any]:
     await limit_by_ip("auth")
     body = await json_body(LoginBody)
@@ -68,6 +71,7 @@ async def login() -> dict[str, Any]:
 
 
 @bp.post("/mfa/verify")
+@documented("Finish a login with a TOTP or recovery code", body=MfaVerifyBody, auth=False)
 async def mfa_verify() -> dict[str, Any]:
     await limit_by_ip("auth")
     body = await json_body(MfaVerifyBody)
@@ -75,6 +79,7 @@ async def mfa_verify() -> dict[str, Any]:
 
 
 @bp.post("/refresh")
+@documented("Exchange a refresh token for new tokens", body=RefreshBody, auth=False)
 async def refresh() -> dict[str, Any]:
     await limit_by_ip("auth")
     body = await json_body(RefreshBody)
@@ -82,6 +87,7 @@ async def refresh() -> dict[str, Any]:
 
 
 @bp.post("/logout")
+@documented("Revoke the current session", ok=204, returns="none")
 async def logout() -> Response:
     who = await identity()
     await ctx().auth.revoke(who, who.session_id)
@@ -89,12 +95,14 @@ async def logout() -> Response:
 
 
 @bp.get("/sessions")
+@documented("List my sessions", returns="array")
 async def sessions() -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().auth.sessions(who)
 
 
 @bp.delete("/sessions/<session_id>")
+@documented("Revoke one of my sessions", ok=204, returns="none")
 async def revoke_session(session_id: str) -> Response:
     who = await identity()
     if len(session_id) > 64 or not await ctx().auth.revoke(who, session_id):
@@ -103,12 +111,14 @@ async def revoke_session(session_id: str) -> Response:
 
 
 @bp.post("/mfa/setup")
+@documented("Start TOTP enrolment")
 async def mfa_setup() -> dict[str, str]:
     who = await identity()
     return await ctx().auth.mfa_setup(who)
 
 
 @bp.post("/mfa/enable")
+@documented("Turn TOTP on with a first code", body=CodeBody, ok=204, returns="none")
 async def mfa_enable() -> Response:
     who = await identity()
     body = await json_body(CodeBody)
@@ -117,6 +127,7 @@ async def mfa_enable() -> Response:
 
 
 @bp.post("/mfa/disable")
+@documented("Turn TOTP off", body=CodeBody, ok=204, returns="none")
 async def mfa_disable() -> Response:
     who = await identity()
     body = await json_body(CodeBody)

@@ -14,6 +14,7 @@ import msgspec
 from quart import request
 
 from vox.api import ctx
+from vox.api.text import refuse_nul_in_json
 from vox.errors import PayloadTooLarge, UnsupportedMediaType, ValidationError
 
 T = TypeVar("T")
@@ -37,12 +38,14 @@ def _field_of(message: str) -> tuple[str, str]:
 
 def decode(raw: bytes, model: type[T]) -> T:
     try:
-        return msgspec.json.decode(raw, type=model)
+        value = msgspec.json.decode(raw, type=model)
     except msgspec.ValidationError as exc:
         field, reason = _field_of(str(exc))
         raise ValidationError(f"invalid field {field!r}: {reason}", {field: reason}) from None
     except msgspec.DecodeError:
         raise ValidationError("request body is not valid JSON", {"body": "invalid JSON"}) from None
+    refuse_nul_in_json(raw)
+    return value
 
 
 async def _discard_body() -> None:
@@ -53,16 +56,25 @@ async def _discard_body() -> None:
             pass
 
 
+async def _read_limited(limit: int) -> bytes:
+    """The body, refused with 413 as soon as more than ``limit`` bytes arrived: a chunked body
+    (no Content-Length) is never buffered beyond the limit. Answering before the rest of the body
+    was read makes the server close the connection afterwards."""
+    raw = bytearray()
+    async for chunk in request.body:
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    return bytes(raw)
+
+
 async def json_body(model: type[T]) -> T:
     limit = ctx().config.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
         await _discard_body()
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
     mimetype = request.mimetype
-    raw = await request.get_data(cache=False)
-    assert isinstance(raw, bytes)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    raw = await _read_limited(limit)
     if mimetype and mimetype != "application/json":
         raise UnsupportedMediaType("request body must be application/json")
     if not raw.strip():

@@ -15,6 +15,7 @@ from vox.api import ctx
 from vox.api.bodies import json_body
 from vox.api.guard import identity
 from vox.api.guilds import Bits, Id, Name, Position, changes_of, no_content
+from vox.api.spec import documented
 
 bp = Blueprint("channels", __name__, url_prefix="/api/v1/channels")
 
@@ -33,6 +34,7 @@ class OverrideBody(msgspec.Struct):
 
 
 @bp.patch("/<channel_id>")
+@documented("Change a channel", body=ChannelPatch)
 async def patch_channel(channel_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(ChannelPatch)
@@ -40,6 +42,7 @@ async def patch_channel(channel_id: str) -> dict[str, Any]:
 
 
 @bp.delete("/<channel_id>")
+@documented("Delete a channel", ok=204, returns="none")
 async def delete_channel(channel_id: str) -> Response:
     who = await identity()
     c = ctx()
@@ -48,12 +51,14 @@ async def delete_channel(channel_id: str) -> Response:
 
 
 @bp.get("/<channel_id>/overrides")
+@documented("Permission overrides of a channel", returns="array")
 async def overrides(channel_id: str) -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().roles.overrides(who.user_id, channel_id)
 
 
 @bp.put("/<channel_id>/overrides/<role_id>")
+@documented("Set a role's permission override on a channel", body=OverrideBody)
 async def put_override(channel_id: str, role_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(OverrideBody)
@@ -61,6 +66,7 @@ async def put_override(channel_id: str, role_id: str) -> dict[str, Any]:
 
 
 @bp.delete("/<channel_id>/overrides/<role_id>")
+@documented("Remove a role's permission override", ok=204, returns="none")
 async def delete_override(channel_id: str, role_id: str) -> Response:
     who = await identity()
     await ctx().roles.delete_override(who.user_id, channel_id, role_id)
@@ -68,6 +74,7 @@ async def delete_override(channel_id: str, role_id: str) -> Response:
 
 
 @bp.get("/<channel_id>/permissions/@me")
+@documented("My effective permissions in a channel")
 async def my_permissions(channel_id: str) -> dict[str, int]:
     who = await identity()
     return {"permissions": await ctx().guilds.my_permissions(who.user_id, channel_id)}

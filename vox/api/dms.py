@@ -13,6 +13,7 @@ from quart import Blueprint
 from vox.api import ctx
 from vox.api.bodies import json_body
 from vox.api.guard import identity
+from vox.api.spec import documented
 
 bp = Blueprint("dms", __name__, url_prefix="/api/v1/dms")
 
@@ -25,6 +26,7 @@ class OpenDm(msgspec.Struct):
 
 
 @bp.post("")
+@documented("Open (or find) a direct message channel", body=OpenDm, ok=(200, 201))
 async def open_dm() -> tuple[dict[str, Any], int]:
     who = await identity()
     body = await json_body(OpenDm)
@@ -33,6 +35,7 @@ async def open_dm() -> tuple[dict[str, Any], int]:
 
 
 @bp.get("")
+@documented("My direct message channels", returns="array")
 async def my_dms() -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().dms.mine(who.user_id)

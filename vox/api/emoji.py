@@ -11,6 +11,7 @@ from quart import Blueprint, Response, request
 from vox.api import ctx
 from vox.api.files import blob_response
 from vox.api.guard import identity
+from vox.api.spec import Upload, documented
 from vox.errors import APIError
 from vox.services.emoji import read_emoji_form
 
@@ -21,12 +22,18 @@ _MAX_DRAIN_BYTES = 16 * 1024 * 1024
 
 
 @bp.get("")
+@documented("Custom emoji of a guild", returns="array")
 async def list_emoji(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().emoji.of_guild(who.user_id, guild_id)
 
 
 @bp.post("")
+@documented(
+    "Upload a custom emoji",
+    upload=Upload(files=("image",), fields=("name",), required=("image", "name")),
+    ok=201,
+)
 async def upload_emoji(guild_id: str) -> tuple[dict[str, Any], int]:
     who = await identity()
     service = ctx().emoji
@@ -52,6 +59,7 @@ async def _drain(body: AsyncIterable[bytes]) -> None:
 
 
 @bp.delete("/<emoji_id>")
+@documented("Delete a custom emoji", ok=204, returns="none")
 async def delete_emoji(guild_id: str, emoji_id: str) -> Response:
     who = await identity()
     await ctx().emoji.delete(who.user_id, guild_id, emoji_id)
@@ -59,6 +67,7 @@ async def delete_emoji(guild_id: str, emoji_id: str) -> Response:
 
 
 @bp.get("/<emoji_id>/image")
+@documented("The image of a custom emoji", returns="binary")
 async def emoji_image(guild_id: str, emoji_id: str) -> Response:
     who = await identity()
     row = await ctx().emoji.image(who.user_id, guild_id, emoji_id)

@@ -10,6 +10,7 @@ from quart import Blueprint, Response
 from vox.api import ctx
 from vox.api.bodies import json_body
 from vox.api.guard import identity
+from vox.api.spec import documented
 
 bp = Blueprint("friends", __name__, url_prefix="/api/v1/friends")
 
@@ -19,12 +20,14 @@ class FriendRequest(msgspec.Struct):
 
 
 @bp.get("")
+@documented("My friends and pending friend requests")
 async def overview() -> dict[str, Any]:
     who = await identity()
     return await ctx().friends.overview(who.user_id)
 
 
 @bp.post("/requests")
+@documented("Send a friend request", body=FriendRequest, ok=(200, 201))
 async def send_request() -> tuple[dict[str, Any], int]:
     who = await identity()
     body = await json_body(FriendRequest)
@@ -33,12 +36,14 @@ async def send_request() -> tuple[dict[str, Any], int]:
 
 
 @bp.post("/requests/<request_id>/accept")
+@documented("Accept a friend request")
 async def accept_request(request_id: str) -> dict[str, Any]:
     who = await identity()
     return await ctx().friends.accept(who.user_id, request_id)
 
 
 @bp.delete("/requests/<request_id>")
+@documented("Decline or cancel a friend request", ok=204, returns="none")
 async def delete_request(request_id: str) -> Response:
     who = await identity()
     await ctx().friends.delete_request(who.user_id, request_id)
@@ -46,6 +51,7 @@ async def delete_request(request_id: str) -> Response:
 
 
 @bp.delete("/<user_id>")
+@documented("Remove a friend", ok=204, returns="none")
 async def unfriend(user_id: str) -> Response:
     who = await identity()
     await ctx().friends.remove(who.user_id, user_id)

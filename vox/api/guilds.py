@@ -16,6 +16,7 @@ from quart import Blueprint, Response, request
 from vox.api import ctx
 from vox.api.bodies import json_body, query_limit
 from vox.api.guard import identity
+from vox.api.spec import AFTER, BEFORE, documented, limit
 from vox.errors import ValidationError
 from vox.protocol.permissions import ALL_PERMISSIONS
 from vox.services.guilds import MEMBERS_PAGE
@@ -103,6 +104,7 @@ def no_content() -> Response:
 
 # -- guilds -------------------------------------------------------------------------------------
 @bp.post("")
+@documented("Create a guild", body=GuildCreate, ok=201)
 async def create_guild() -> tuple[dict[str, Any], int]:
     who = await identity()
     body = await json_body(GuildCreate)
@@ -110,18 +112,21 @@ async def create_guild() -> tuple[dict[str, Any], int]:
 
 
 @bp.get("")
+@documented("My guilds", returns="array")
 async def my_guilds() -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().guilds.mine(who.user_id)
 
 
 @bp.get("/<guild_id>")
+@documented("A guild")
 async def get_guild(guild_id: str) -> dict[str, Any]:
     who = await identity()
     return await ctx().guilds.view(who.user_id, guild_id)
 
 
 @bp.patch("/<guild_id>")
+@documented("Change a guild", body=GuildPatch)
 async def patch_guild(guild_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(GuildPatch)
@@ -132,6 +137,7 @@ async def patch_guild(guild_id: str) -> dict[str, Any]:
 
 
 @bp.delete("/<guild_id>")
+@documented("Delete a guild", ok=204, returns="none")
 async def delete_guild(guild_id: str) -> Response:
     who = await identity()
     c = ctx()
@@ -141,6 +147,7 @@ async def delete_guild(guild_id: str) -> Response:
 
 # -- members, bans, timeouts, member roles ------------------------------------------------------
 @bp.get("/<guild_id>/members")
+@documented("Members of a guild", query=(limit(MEMBERS_PAGE, MEMBERS_PAGE), AFTER), returns="array")
 async def members(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
     limit = query_limit(MEMBERS_PAGE, MEMBERS_PAGE)
@@ -148,12 +155,14 @@ async def members(guild_id: str) -> list[dict[str, Any]]:
 
 
 @bp.get("/<guild_id>/members/<user_id>")
+@documented("One member of a guild")
 async def member(guild_id: str, user_id: str) -> dict[str, Any]:
     who = await identity()
     return await ctx().guilds.member(who.user_id, guild_id, user_id)
 
 
 @bp.delete("/<guild_id>/members/<user_id>")
+@documented("Kick a member (or leave, for oneself)", ok=204, returns="none")
 async def remove_member(guild_id: str, user_id: str) -> Response:
     who = await identity()
     target = who.user_id if user_id == "@me" else user_id
@@ -162,12 +171,14 @@ async def remove_member(guild_id: str, user_id: str) -> Response:
 
 
 @bp.get("/<guild_id>/bans")
+@documented("Bans of a guild", returns="array")
 async def bans(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().moderation.bans(who.user_id, guild_id)
 
 
 @bp.put("/<guild_id>/bans/<user_id>")
+@documented("Ban a user", body=BanBody, ok=204, returns="none")
 async def ban(guild_id: str, user_id: str) -> Response:
     who = await identity()
     body = await json_body(BanBody)
@@ -177,6 +188,7 @@ async def ban(guild_id: str, user_id: str) -> Response:
 
 
 @bp.delete("/<guild_id>/bans/<user_id>")
+@documented("Lift a ban", ok=204, returns="none")
 async def unban(guild_id: str, user_id: str) -> Response:
     who = await identity()
     await ctx().moderation.unban(who.user_id, guild_id, user_id)
@@ -184,6 +196,7 @@ async def unban(guild_id: str, user_id: str) -> Response:
 
 
 @bp.post("/<guild_id>/members/<user_id>/timeout")
+@documented("Time a member out (or end a timeout)", body=TimeoutBody)
 async def timeout(guild_id: str, user_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(TimeoutBody)
@@ -191,6 +204,7 @@ async def timeout(guild_id: str, user_id: str) -> dict[str, Any]:
 
 
 @bp.put("/<guild_id>/members/<user_id>/roles/<role_id>")
+@documented("Give a member a role", ok=204, returns="none")
 async def add_member_role(guild_id: str, user_id: str, role_id: str) -> Response:
     who = await identity()
     await ctx().roles.set_member_role(who.user_id, guild_id, user_id, role_id, assigned=True)
@@ -198,6 +212,7 @@ async def add_member_role(guild_id: str, user_id: str, role_id: str) -> Response
 
 
 @bp.delete("/<guild_id>/members/<user_id>/roles/<role_id>")
+@documented("Take a role from a member", ok=204, returns="none")
 async def remove_member_role(guild_id: str, user_id: str, role_id: str) -> Response:
     who = await identity()
     await ctx().roles.set_member_role(who.user_id, guild_id, user_id, role_id, assigned=False)
@@ -206,6 +221,7 @@ async def remove_member_role(guild_id: str, user_id: str, role_id: str) -> Respo
 
 # -- invites ------------------------------------------------------------------------------------
 @bp.post("/<guild_id>/invites")
+@documented("Create an invite", body=InviteCreate, ok=201)
 async def create_invite(guild_id: str) -> tuple[dict[str, Any], int]:
     who = await identity()
     body = await json_body(InviteCreate)
@@ -213,6 +229,7 @@ async def create_invite(guild_id: str) -> tuple[dict[str, Any], int]:
 
 
 @bp.get("/<guild_id>/invites")
+@documented("Invites of a guild", returns="array")
 async def invites(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().invites.for_guild(who.user_id, guild_id)
@@ -220,12 +237,14 @@ async def invites(guild_id: str) -> list[dict[str, Any]]:
 
 # -- channels and categories --------------------------------------------------------------------
 @bp.get("/<guild_id>/channels")
+@documented("Channels of a guild", returns="array")
 async def channels(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().guilds.channels(who.user_id, guild_id)
 
 
 @bp.post("/<guild_id>/channels")
+@documented("Create a channel", body=ChannelCreate, ok=201)
 async def create_channel(guild_id: str) -> tuple[dict[str, Any], int]:
     who = await identity()
     body = await json_body(ChannelCreate)
@@ -236,12 +255,14 @@ async def create_channel(guild_id: str) -> tuple[dict[str, Any], int]:
 
 
 @bp.get("/<guild_id>/categories")
+@documented("Categories of a guild", returns="array")
 async def categories(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().guilds.categories(who.user_id, guild_id)
 
 
 @bp.post("/<guild_id>/categories")
+@documented("Create a category", body=CategoryCreate, ok=201)
 async def create_category(guild_id: str) -> tuple[dict[str, Any], int]:
     who = await identity()
     body = await json_body(CategoryCreate)
@@ -249,6 +270,7 @@ async def create_category(guild_id: str) -> tuple[dict[str, Any], int]:
 
 
 @bp.patch("/<guild_id>/categories/<category_id>")
+@documented("Change a category", body=CategoryPatch)
 async def patch_category(guild_id: str, category_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(CategoryPatch)
@@ -256,6 +278,7 @@ async def patch_category(guild_id: str, category_id: str) -> dict[str, Any]:
 
 
 @bp.delete("/<guild_id>/categories/<category_id>")
+@documented("Delete a category", ok=204, returns="none")
 async def delete_category(guild_id: str, category_id: str) -> Response:
     who = await identity()
     await ctx().guilds.delete_category(who.user_id, guild_id, category_id)
@@ -264,12 +287,14 @@ async def delete_category(guild_id: str, category_id: str) -> Response:
 
 # -- roles --------------------------------------------------------------------------------------
 @bp.get("/<guild_id>/roles")
+@documented("Roles of a guild", returns="array")
 async def roles(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().roles.roles(who.user_id, guild_id)
 
 
 @bp.post("/<guild_id>/roles")
+@documented("Create a role", body=RoleCreate, ok=201)
 async def create_role(guild_id: str) -> tuple[dict[str, Any], int]:
     who = await identity()
     body = await json_body(RoleCreate)
@@ -278,6 +303,7 @@ async def create_role(guild_id: str) -> tuple[dict[str, Any], int]:
 
 
 @bp.patch("/<guild_id>/roles/<role_id>")
+@documented("Change a role", body=RolePatch)
 async def patch_role(guild_id: str, role_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(RolePatch)
@@ -285,6 +311,7 @@ async def patch_role(guild_id: str, role_id: str) -> dict[str, Any]:
 
 
 @bp.delete("/<guild_id>/roles/<role_id>")
+@documented("Delete a role", ok=204, returns="none")
 async def delete_role(guild_id: str, role_id: str) -> Response:
     who = await identity()
     await ctx().roles.delete(who.user_id, guild_id, role_id)
@@ -293,6 +320,7 @@ async def delete_role(guild_id: str, role_id: str) -> Response:
 
 # -- audit log ----------------------------------------------------------------------------------
 @bp.get("/<guild_id>/audit-log")
+@documented("Audit log of a guild", query=(limit(50, 100), BEFORE), returns="array")
 async def audit_log(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
     raw_limit = request.args.get("limit", "50")

@@ -10,6 +10,7 @@ from quart import Blueprint, request
 from vox.api import ctx
 from vox.api.bodies import json_body
 from vox.api.guard import identity
+from vox.api.spec import Query, documented
 from vox.errors import ValidationError
 from vox.services.keys import MAX_KEY_LENGTH, MAX_KEYS_PER_UPLOAD, MAX_SIGNATURE_LENGTH
 
@@ -45,6 +46,7 @@ class ClaimBody(msgspec.Struct):
 
 
 @bp.post("/upload")
+@documented("Upload device and one-time keys", body=UploadBody)
 async def upload() -> dict[str, int]:
     who = await identity()
     body = await json_body(UploadBody)
@@ -60,6 +62,9 @@ async def upload() -> dict[str, int]:
 
 
 @bp.get("/count")
+@documented(
+    "Unclaimed one-time keys of one of my devices", query=(Query("device_id", "The device.", required=True),)
+)
 async def count() -> dict[str, int]:
     who = await identity()
     device_id = request.args.get("device_id")
@@ -69,6 +74,7 @@ async def count() -> dict[str, int]:
 
 
 @bp.post("/claim")
+@documented("Claim one-time keys of other devices", body=ClaimBody)
 async def claim() -> dict[str, Any]:
     who = await identity()
     body = await json_body(ClaimBody)
@@ -76,6 +82,7 @@ async def claim() -> dict[str, Any]:
 
 
 @bp.get("/<user_id>")
+@documented("Device keys of a user")
 async def devices(user_id: str) -> dict[str, Any]:
     await identity()
     return await ctx().keys.devices(user_id)

@@ -13,6 +13,7 @@ from vox.api import ctx
 from vox.api.bodies import json_body, query_limit
 from vox.api.files import blob_response
 from vox.api.guard import identity
+from vox.api.spec import AFTER, BEFORE, Query, Upload, documented, limit
 from vox.errors import ValidationError
 from vox.services.ids import uuid7
 from vox.services.uploads import UploadPlan
@@ -39,6 +40,7 @@ class EditBody(msgspec.Struct):
 
 
 @bp.get("/channels/<channel_id>/messages")
+@documented("Messages of a channel", query=(limit(DEFAULT_LIMIT, MAX_LIMIT), BEFORE, AFTER), returns="array")
 async def list_messages(channel_id: str) -> list[dict[str, Any]]:
     who = await identity()
     return await ctx().messages.history(
@@ -51,6 +53,7 @@ async def list_messages(channel_id: str) -> list[dict[str, Any]]:
 
 
 @bp.post("/channels/<channel_id>/messages")
+@documented("Send a message", body=SendBody, ok=201)
 async def send_message(channel_id: str) -> tuple[dict[str, Any], int]:
     who = await identity()
     body = await json_body(SendBody)
@@ -66,6 +69,11 @@ async def send_message(channel_id: str) -> tuple[dict[str, Any], int]:
 
 
 @bp.post("/channels/<channel_id>/messages/upload")
+@documented(
+    "Send a message with files",
+    upload=Upload(files=("file",), fields=("content",), required=("file",), many_files=True),
+    ok=201,
+)
 async def upload_message(channel_id: str) -> tuple[dict[str, Any], int]:
     who = await identity()
     c = ctx()
@@ -91,6 +99,7 @@ _INLINE_PREFIXES = ("image/", "audio/", "video/")
 
 
 @bp.get("/attachments/<attachment_id>")
+@documented("Download an attachment", returns="binary")
 async def download_attachment(attachment_id: str) -> Response:
     who = await identity()
     row = await ctx().messages.attachment(who.user_id, attachment_id)
@@ -106,6 +115,7 @@ async def download_attachment(attachment_id: str) -> Response:
 
 
 @bp.patch("/messages/<message_id>")
+@documented("Edit a message", body=EditBody)
 async def edit_message(message_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(EditBody)
@@ -113,6 +123,7 @@ async def edit_message(message_id: str) -> dict[str, Any]:
 
 
 @bp.delete("/messages/<message_id>")
+@documented("Delete a message", ok=204, returns="none")
 async def delete_message(message_id: str) -> Response:
     who = await identity()
     keys = await ctx().messages.delete(who.user_id, message_id)
@@ -122,6 +133,7 @@ async def delete_message(message_id: str) -> Response:
 
 
 @bp.put("/messages/<message_id>/reactions/<path:emoji>")
+@documented("React to a message", ok=204, returns="none")
 async def add_reaction(message_id: str, emoji: str) -> Response:
     who = await identity()
     await ctx().messages.react(who.user_id, message_id, emoji, add=True)
@@ -129,6 +141,7 @@ async def add_reaction(message_id: str, emoji: str) -> Response:
 
 
 @bp.delete("/messages/<message_id>/reactions/<path:emoji>")
+@documented("Remove my reaction", ok=204, returns="none")
 async def remove_reaction(message_id: str, emoji: str) -> Response:
     who = await identity()
     await ctx().messages.react(who.user_id, message_id, emoji, add=False)
@@ -136,6 +149,15 @@ async def remove_reaction(message_id: str, emoji: str) -> Response:
 
 
 @bp.get("/guilds/<guild_id>/search")
+@documented(
+    "Search the messages of a guild",
+    query=(
+        Query("q", "Search text, 1-256 characters.", required=True),
+        Query("channel_id", "Only this channel."),
+        Query("author_id", "Only this author."),
+        limit(DEFAULT_LIMIT, MAX_LIMIT),
+    ),
+)
 async def search(guild_id: str) -> dict[str, Any]:
     who = await identity()
     query = request.args.get("q", "")

@@ -12,6 +12,7 @@ from quart import Blueprint, Response, request
 
 from vox.api import ctx
 from vox.api.guard import client_info, limit_by_ip
+from vox.api.spec import Query, documented
 from vox.errors import ValidationError
 
 bp = Blueprint("oidc", __name__, url_prefix="/api/v1/auth/oidc")
@@ -47,6 +48,7 @@ def callback_url() -> str:
 
 
 @bp.get("/providers")
+@documented("SSO providers offered on the login page", auth=False, returns="array")
 async def providers() -> list[dict[str, Any]]:
     await limit_by_ip("auth")
     oidc = ctx().oidc
@@ -54,6 +56,13 @@ async def providers() -> list[dict[str, Any]]:
 
 
 @bp.get("/authorize/<slug>")
+@documented(
+    "Start an SSO login (redirects to the provider)",
+    auth=False,
+    query=(Query("redirect_uri", "Where the tokens go at the end.", required=True),),
+    ok=302,
+    returns="redirect",
+)
 async def authorize(slug: str) -> Response:
     await limit_by_ip("auth")
     redirect_uri = _param("redirect_uri")
@@ -63,6 +72,17 @@ async def authorize(slug: str) -> Response:
 
 
 @bp.get("/callback")
+@documented(
+    "Where the provider sends the browser back (redirects)",
+    auth=False,
+    query=(
+        Query("state", "The login's state."),
+        Query("code", "The provider's code."),
+        Query("error", "The provider's error."),
+    ),
+    ok=302,
+    returns="redirect",
+)
 async def callback() -> Response:
     await limit_by_ip("auth")
     state = _param("state") or ""

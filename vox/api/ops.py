@@ -8,6 +8,7 @@ import trio
 from quart import Blueprint, Response
 
 from vox.api import ctx
+from vox.api.spec import documented
 from vox.errors import VoxError
 from vox.protocol.gateway import PROTOCOL_VERSION
 
@@ -28,6 +29,7 @@ async def _check(name: str, probe: object) -> str:
 
 
 @bp.get("/healthz")
+@documented("Health of the daemon and its backends", auth=False, ok=(200, 503))
 async def healthz() -> tuple[dict[str, str], int]:
     c = ctx()
     storage = await _check("storage", c.store.ping())
@@ -46,11 +48,13 @@ async def healthz() -> tuple[dict[str, str], int]:
 
 
 @bp.get("/metrics")
+@documented("Prometheus metrics", auth=False, returns="text")
 async def metrics() -> Response:
     return Response(ctx().metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @bp.get("/api/v1/gateway")
+@documented("Where the gateway and media listeners are", auth=False)
 async def gateway_info() -> dict[str, object]:
     c = ctx()
     addrs = c.addresses

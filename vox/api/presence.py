@@ -13,6 +13,7 @@ from quart import Blueprint, request
 from vox.api import ctx
 from vox.api.bodies import query_limit
 from vox.api.guard import identity
+from vox.api.spec import AFTER, documented, limit
 
 bp = Blueprint("presence", __name__, url_prefix="/api/v1")
 
@@ -20,6 +21,7 @@ MAX_LIMIT = 1000
 
 
 @bp.get("/guilds/<guild_id>/presences")
+@documented("Presences of a guild's members", query=(limit(MAX_LIMIT, MAX_LIMIT), AFTER), returns="array")
 async def guild_presences(guild_id: str) -> list[dict[str, Any]]:
     who = await identity()
     c = ctx()

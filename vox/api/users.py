@@ -10,6 +10,7 @@ from quart import Blueprint
 from vox.api import ctx
 from vox.api.bodies import json_body
 from vox.api.guard import identity
+from vox.api.spec import documented
 from vox.errors import NotFound, ValidationError
 from vox.services.permissions import valid_id
 from vox.services.users import own_user, public_user
@@ -27,6 +28,7 @@ class ProfilePatch(msgspec.Struct):
 
 
 @bp.get("/@me")
+@documented("My profile")
 async def me() -> dict[str, Any]:
     who = await identity()
     row = await ctx().store.accounts.user_by_id(who.user_id)
@@ -36,6 +38,7 @@ async def me() -> dict[str, Any]:
 
 
 @bp.patch("/@me")
+@documented("Change my profile", body=ProfilePatch)
 async def patch_me() -> dict[str, Any]:
     who = await identity()
     body = await json_body(ProfilePatch)
@@ -55,6 +58,7 @@ async def patch_me() -> dict[str, Any]:
 
 
 @bp.get("/<user_id>")
+@documented("A user's public profile")
 async def get_user(user_id: str) -> dict[str, Any]:
     await identity()
     row = await ctx().store.accounts.user_by_id(user_id) if valid_id(user_id) else None

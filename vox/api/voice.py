@@ -17,6 +17,7 @@ from quart import Blueprint
 from vox.api import ctx
 from vox.api.bodies import json_body
 from vox.api.guard import identity
+from vox.api.spec import documented
 from vox.errors import APIError
 from vox.services.voice import VoiceService
 
@@ -48,6 +49,7 @@ def _voice() -> VoiceService:
 
 
 @bp.post("/mute")
+@documented("Server-mute a user in a voice channel", body=Mute)
 async def mute(channel_id: str, user_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(Mute)
@@ -55,6 +57,7 @@ async def mute(channel_id: str, user_id: str) -> dict[str, Any]:
 
 
 @bp.post("/deafen")
+@documented("Server-deafen a user in a voice channel", body=Deafen)
 async def deafen(channel_id: str, user_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(Deafen)
@@ -62,6 +65,7 @@ async def deafen(channel_id: str, user_id: str) -> dict[str, Any]:
 
 
 @bp.post("/move")
+@documented("Move a user to another voice channel", body=Move)
 async def move(channel_id: str, user_id: str) -> dict[str, Any]:
     who = await identity()
     body = await json_body(Move)

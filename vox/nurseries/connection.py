@@ -5,7 +5,8 @@ Cancelling this nursery tears down the connection and everything it started, and
 What the client identified as lives in a GatewaySession (vox.nurseries.session) that outlives
 the connection, so a dropped client can resume. Outbound frames go through a bounded queue
 drained by the writer task, so a slow client never blocks whoever produced the event; a client
-whose queue fills is closed with 4008 (its session keeps the events, so it can resume).
+whose queue fills (``gateway_queue_frames`` frames or ``gateway_queue_bytes`` characters) is closed
+with 4008 (its session keeps the events, so it can resume).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from vox.transports.ws_send import send_text_frames
 
 log = logging.getLogger("vox.gateway")
 
-OUTBOUND_QUEUE = 512
 # One socket write carries at most this much of a backlog (bounded so a big backlog does not
 # build one huge buffer).
 WRITE_BATCH_FRAMES = 64
@@ -53,6 +53,10 @@ FINAL_CLOSES = frozenset(
         CloseCode.ALREADY_AUTHENTICATED,
         CloseCode.VERSION_MISMATCH,
         CloseCode.SERVER_FULL,
+        # The WebSocket layer refusing a frame (not UTF-8, over the size limit): a protocol
+        # error like 4002, only caught before a frame reached the gateway.
+        1007,
+        1009,
     }
 )
 CLIENT_REQUESTS = (
@@ -118,7 +122,11 @@ class GatewayConnection:
         self.heartbeat_interval_s = ctx.config.heartbeat_interval_ms / 1000
         self.session: GatewaySession | None = None
         self._identified = False
-        self._send, self._recv = trio.open_memory_channel[str](OUTBOUND_QUEUE)
+        self._send, self._recv = trio.open_memory_channel[str](ctx.config.gateway_queue_frames)
+        # Characters queued and not yet taken by the writer: frames vary in size, so their count
+        # alone does not bound the memory a client that stops reading holds.
+        self._queued_chars = 0
+        self._queue_chars = ctx.config.gateway_queue_bytes
         self._last_heartbeat = trio.current_time()
         self._close: _Close | None = None
         self._closing = trio.Event()
@@ -134,8 +142,13 @@ class GatewayConnection:
     # -- outbound ---------------------------------------------------------------------------
     def enqueue(self, frame: str) -> None:
         """Queue a frame without waiting; a full queue means the client is too slow to keep."""
+        # A single frame is always accepted into an empty queue, however large.
+        if self._queued_chars and self._queued_chars + len(frame) > self._queue_chars:
+            self.close_soon(CloseCode.RATE_LIMITED, "client too slow; reconnect and resume")
+            return
         try:
             self._send.send_nowait(frame)
+            self._queued_chars += len(frame)
         except trio.WouldBlock:
             self.close_soon(CloseCode.RATE_LIMITED, "client too slow; reconnect and resume")
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -196,15 +209,17 @@ class GatewayConnection:
     async def _reader(self) -> None:
         """Read and dispatch frames. Waiting for the next frame is bounded by the heartbeat
         deadline: 4009 when no heartbeat arrived for 1.5 x the interval, 4003 when the client
-        has not identified within that time (heartbeats alone do not keep it open)."""
+        has not identified within ``gateway_identify_timeout_s`` (default: that same time;
+        heartbeats alone do not keep it open)."""
         self.enqueue(control_frame("hello", {"heartbeat_interval_ms": self.ctx.config.heartbeat_interval_ms}))
         limit = 1.5 * self.heartbeat_interval_s
+        identify_limit = self.ctx.config.gateway_identify_timeout_s or limit
         opened = trio.current_time()
         try:
             if self.header_token is not None:
                 await self._identify(self.header_token)
             while True:
-                deadline = (self._last_heartbeat if self._identified else opened) + limit
+                deadline = self._last_heartbeat + limit if self._identified else opened + identify_limit
                 # Only the wait is bounded: a frame being handled is never cut short.
                 with trio.move_on_at(deadline) as waiting:
                     data = await self.ws.get_message()
@@ -231,6 +246,7 @@ class GatewayConnection:
                         break
                     batch.append(more)
                     size += len(more)
+                self._queued_chars -= size
                 try:
                     # Frames are str because the contract's frames are JSON *text*: trio-websocket
                     # sends bytes as binary frames.

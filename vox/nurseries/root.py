@@ -8,11 +8,12 @@ addresses once every listener accepts, and returns after a graceful drain once `
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 
 import trio
 
-from vox import datadir
+from vox import datadir, dirlock
 from vox.blobs import open_blob_store
 from vox.config import Config, redirect_uri_set
 from vox.context import Addresses, Context
@@ -44,6 +45,7 @@ from vox.services.secretbox import SecretBox
 from vox.services.tokens import Tokens
 from vox.services.voice import open_voice
 from vox.storage import Store, open_engine
+from vox.transports import tls
 from vox.transports.gateway import serve_gateway
 from vox.transports.quic import serve_media
 from vox.transports.rest import serve_rest
@@ -58,8 +60,14 @@ async def run_daemon(
     task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     keys = await trio.to_thread.run_sync(datadir.prepare, config.data_dir, config.jwt_algorithm)
+    tls_files = await trio.to_thread.run_sync(tls.resolve, config)
     async with (
-        open_engine(config.resolved_database_url, pool_size=config.db_pool_size) as engine,
+        dirlock.shared(config.data_dir),
+        open_engine(
+            config.resolved_database_url,
+            pool_size=config.db_pool_size,
+            sqlite_synchronous=config.sqlite_synchronous,
+        ) as engine,
         open_broker(
             config.redis_url or None, buffer_size=config.broker_buffer, prefix=config.redis_prefix
         ) as broker,
@@ -129,6 +137,7 @@ async def run_daemon(
                 http_timeout_s=config.oidc_http_timeout_s,
             ),
             admin=AdminService(store.admin, auth, broker, config, elevation_s=config.admin_elevation_s),
+            tls=tls_files,
         )
         # This node among the others sharing Redis (liveness, voice room owners, the sweeper):
         # deregistered after the listeners and the SFU closed, so no session outlives it.
@@ -157,9 +166,15 @@ async def run_daemon(
             await nursery.start(ctx.calls.run_timers, ctx.draining)
             rest_port = await nursery.start(serve_rest, ctx)
             gateway_port = await nursery.start(serve_gateway, ctx)
-            media_port = await nursery.start(serve_media, config, ctx.media, ctx.draining)
+            media_port = await nursery.start(
+                functools.partial(serve_media, tls_files=tls_files), config, ctx.media, ctx.draining
+            )
             ctx.addresses = Addresses(
-                host=config.host, rest_port=rest_port, gateway_port=gateway_port, media_port=media_port
+                host=config.host,
+                rest_port=rest_port,
+                gateway_port=gateway_port,
+                media_port=media_port,
+                tls=tls_files is not None,
             )
             nodes, voice, media = ctx.nodes, ctx.voice, ctx.media
             nodes.gateway_url = config.public_gateway_url or ctx.addresses.gateway_url

@@ -95,6 +95,12 @@ def decode_client_frame(data: str | bytes) -> ClientFrame:
         raw = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise GatewayProtocolError(CloseCode.DECODE_ERROR, f"invalid frame: {exc}") from None
+    except RecursionError:
+        # msgspec stops at about 1,000 levels of nesting this way, and that fits in one frame.
+        raise GatewayProtocolError(CloseCode.DECODE_ERROR, "invalid frame: nested too deeply") from None
+    except UnicodeEncodeError:
+        # Lone surrogates: a str that is not UTF-8 (the WebSocket layer never hands us one).
+        raise GatewayProtocolError(CloseCode.DECODE_ERROR, "invalid frame: not UTF-8") from None
     if raw.type not in CLIENT_TYPES:
         raise GatewayProtocolError(CloseCode.UNKNOWN_TYPE, f"unknown frame type {raw.type[:64]!r}")
     return ClientFrame(type=raw.type, d=raw.d)

@@ -166,8 +166,11 @@ def decode_header(data: bytes) -> MediaHeader:
 def route_fields(data: bytes) -> tuple[int, int, int, int, int]:
     """(version, type, codec, room id, ssrc) of a datagram at least HEADER_SIZE long.
 
-    The forwarding path's parse: one unpack, no object. The caller checks the length first.
+    The forwarding path's parse: one unpack, no object. A shorter datagram is MediaHeaderError,
+    as in decode_header (the forwarding path counts it as truncated before it gets here).
     """
+    if len(data) < HEADER_SIZE:
+        raise MediaHeaderError("truncated", f"{len(data)} bytes, a header needs {HEADER_SIZE}")
     fields: tuple[int, int, int, int, int] = _ROUTE.unpack_from(data)
     return fields
 
@@ -234,6 +237,10 @@ def verify_token(key: bytes, text: str, now: float) -> MediaToken:
         payload, mac = _unb64(body), _unb64(mac_text)
     except (binascii.Error, ValueError):
         raise MediaTokenError("bad_token", "not a media token") from None
+    if _b64(payload) != body or _b64(mac) != mac_text:
+        # The decoder skips stray characters and the spare bits of the last one: only the one
+        # canonical spelling is the token, so no altered string passes as it.
+        raise MediaTokenError("bad_token", "not a media token")
     expected = hmac.new(key, payload, hashlib.sha256).digest()
     if not hmac.compare_digest(mac, expected):
         raise MediaTokenError("bad_token", "the token's signature does not match")

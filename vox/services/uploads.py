@@ -457,11 +457,17 @@ class Part:
         """The rest of this part as UTF-8 text, at most ``max_bytes`` (default: the field limit)."""
         data = await self.read(self._reader.limits.max_field_bytes if max_bytes is None else max_bytes)
         try:
-            return data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise ValidationError(
                 f"form field {self.name!r} is not UTF-8", {self.name: "not utf-8"}
             ) from None
+        if "\x00" in text:
+            # PostgreSQL text cannot hold it (as for JSON bodies, vox.api.text).
+            raise ValidationError(
+                f"form field {self.name!r} contains U+0000", {self.name: "must not contain U+0000"}
+            )
+        return text
 
     async def _drain(self) -> None:
         async for _ in self:

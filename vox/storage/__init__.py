@@ -18,7 +18,7 @@ from vox.errors import ConfigError
 from vox.storage.base import Conn, Engine, Row
 from vox.storage.store import Store
 
-__all__ = ["Conn", "Engine", "Row", "Store", "open_engine"]
+__all__ = ["Conn", "Engine", "Row", "Store", "open_engine", "sqlite_path"]
 
 _SQLITE_PREFIX = "sqlite:///"
 
@@ -37,27 +37,38 @@ def _sqlite_path(database_url: str) -> Path:
     return Path(rest)
 
 
+def sqlite_path(database_url: str) -> Path | None:
+    """The database file a ``sqlite:///`` URL names; None for another scheme."""
+    if _scheme(database_url) != "sqlite":
+        return None
+    if not database_url.lower().startswith(_SQLITE_PREFIX):
+        raise ConfigError("database_url", "use sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    return _sqlite_path(database_url)
+
+
 def _scheme(database_url: str) -> str:
     head, sep, _ = database_url.partition("://")
     return head.lower() if sep else ""
 
 
 @asynccontextmanager
-async def open_engine(database_url: str, *, pool_size: int = 10) -> AsyncIterator[Engine]:
+async def open_engine(
+    database_url: str, *, pool_size: int = 10, sqlite_synchronous: str = "full"
+) -> AsyncIterator[Engine]:
     """Open the engine ``database_url`` names; close it when the block exits, however it exits.
 
     ``pool_size`` is the PostgreSQL connection pool's maximum (SQLite has one writer and a fixed
-    set of readers). Raises ConfigError for a URL it cannot use and StorageError when the
-    database cannot be opened. Does not migrate: call ``engine.migrate()``.
+    set of readers); ``sqlite_synchronous`` is SQLite's durability level (full or normal). Raises
+    ConfigError for a URL it cannot use and StorageError when the database cannot be opened. Does
+    not migrate: call ``engine.migrate()``.
     """
     scheme = _scheme(database_url)
     engine: Engine
-    if scheme == "sqlite":
-        if not database_url.lower().startswith(_SQLITE_PREFIX):
-            raise ConfigError("database_url", "use sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    path = sqlite_path(database_url)
+    if path is not None:
         from vox.storage.sqlite import SQLiteEngine
 
-        engine = await SQLiteEngine.open(_sqlite_path(database_url))
+        engine = await SQLiteEngine.open(path, synchronous=sqlite_synchronous)
     elif scheme in ("postgresql", "postgres"):
         # Imported here so that an embedded (SQLite) daemon never loads libpq.
         from vox.storage.postgres import PostgresEngine

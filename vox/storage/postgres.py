@@ -95,9 +95,21 @@ def translate_error(exc: psycopg.Error) -> StorageError:
     return StorageError(f"postgres: {exc}")
 
 
-def _probe(url: str, timeout: float) -> None:
+# Settings under which a COMMIT can return before its WAL reaches disk, so a 201 could be lost
+# in a server crash. Vox never changes them; an operator (role, database or URL options) might.
+_DURABILITY_SETTINGS = {"synchronous_commit": "off", "fsync": "off"}
+
+
+def _probe(url: str, timeout: float) -> list[str]:
+    """Connect once; return the settings that weaken durability (empty when none do)."""
     with psycopg.connect(url, connect_timeout=max(1, round(timeout))) as db:
         db.execute("SELECT 1")
+        unsafe: list[str] = []
+        for name, bad in _DURABILITY_SETTINGS.items():
+            row = db.execute(f"SHOW {name}").fetchone()
+            if row is not None and str(row[0]).lower() == bad:
+                unsafe.append(f"{name}={bad}")
+        return unsafe
 
 
 def _reject_awaitable(result: object) -> None:
@@ -198,9 +210,14 @@ class PostgresEngine:
         try:
             # One plain connection first: when the server is unreachable or refuses us, libpq's
             # reason (which never includes the password) beats the pool's bare PoolTimeout.
-            await trio.to_thread.run_sync(_probe, url, connect_timeout)
+            unsafe = await trio.to_thread.run_sync(_probe, url, connect_timeout)
         except psycopg.Error as exc:
             raise StorageError(f"cannot connect to {description}: {exc}") from exc
+        if unsafe:
+            log.warning(
+                "postgres: acknowledged writes may be lost in a server crash",
+                extra={"fields": {"database": description, "settings": ",".join(unsafe)}},
+            )
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             url,
             min_size=1,

@@ -27,11 +27,15 @@ from vox.storage import migrations
 from vox.storage.base import Dialect, Params, Row
 from vox.threads import run_in_thread
 
-__all__ = ["SQLiteConn", "SQLiteEngine", "split_script"]
+__all__ = ["SYNCHRONOUS_LEVELS", "SQLiteConn", "SQLiteEngine", "split_script"]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+# PRAGMA synchronous values by name, as SQLite reports them back (0 OFF, 1 NORMAL, 2 FULL). OFF is
+# not offered: an OS crash or power loss could then corrupt the file, not only lose recent commits.
+SYNCHRONOUS_LEVELS: dict[str, int] = {"normal": 1, "full": 2}
 
 
 def translate_error(exc: sqlite3.Error) -> StorageError:
@@ -199,7 +203,7 @@ def _prepare_path(path: Path) -> None:
         os.close(fd)
 
 
-def _connect(path: Path, *, busy_timeout_ms: int, query_only: bool) -> sqlite3.Connection:
+def _connect(path: Path, *, busy_timeout_ms: int, query_only: bool, synchronous: str) -> sqlite3.Connection:
     # isolation_level=None: no implicit BEGINs from the sqlite3 module; the engine issues its own.
     db = sqlite3.connect(
         path,
@@ -211,9 +215,11 @@ def _connect(path: Path, *, busy_timeout_ms: int, query_only: bool) -> sqlite3.C
         db.row_factory = _dict_row
         db.execute("PRAGMA foreign_keys = ON")
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        # In WAL mode NORMAL is still corruption-safe; only the last commits before a power
-        # loss can be lost, and it saves an fsync per transaction.
-        db.execute("PRAGMA synchronous = NORMAL")
+        # WAL mode. NORMAL: a COMMIT only writes the WAL (the OS page cache holds it, so a killed
+        # process loses nothing), and fsyncs happen at checkpoints; a power loss or OS crash can
+        # drop the last acknowledged commits (never corrupt the file). FULL: a COMMIT also fsyncs
+        # the WAL before it returns, so an acknowledged write survives a power loss too.
+        db.execute(f"PRAGMA synchronous = {SYNCHRONOUS_LEVELS[synchronous]}")
         if query_only:
             db.execute("PRAGMA query_only = ON")
     except BaseException:
@@ -247,8 +253,15 @@ class SQLiteEngine:
 
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: Path, writer: sqlite3.Connection, readers: list[sqlite3.Connection]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: sqlite3.Connection,
+        readers: list[sqlite3.Connection],
+        synchronous: str = "full",
+    ) -> None:
         self.path = path
+        self.synchronous = synchronous
         self._writer = writer
         self._write_limiter = trio.CapacityLimiter(1)
         self._all_readers = list(readers)
@@ -262,24 +275,37 @@ class SQLiteEngine:
 
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str], *, readers: int = 4, busy_timeout_ms: int = 5000
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        readers: int = 4,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "full",
     ) -> SQLiteEngine:
         if readers < 1:
             raise ValueError("readers must be at least 1")
-        return await trio.to_thread.run_sync(cls._open_sync, path, readers, busy_timeout_ms)
+        if synchronous not in SYNCHRONOUS_LEVELS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
+        return await trio.to_thread.run_sync(cls._open_sync, path, readers, busy_timeout_ms, synchronous)
 
     @classmethod
-    def _open_sync(cls, given: str | os.PathLike[str], readers: int, busy_timeout_ms: int) -> SQLiteEngine:
+    def _open_sync(
+        cls, given: str | os.PathLike[str], readers: int, busy_timeout_ms: int, synchronous: str
+    ) -> SQLiteEngine:
         # Absolute, so that a later chdir cannot point the engine at another file.
         path = Path(given).expanduser().absolute()
         opened: list[sqlite3.Connection] = []
         try:
             _prepare_path(path)
-            writer = _connect(path, busy_timeout_ms=busy_timeout_ms, query_only=False)
+            writer = _connect(
+                path, busy_timeout_ms=busy_timeout_ms, query_only=False, synchronous=synchronous
+            )
             opened.append(writer)
             _switch_to_wal(writer, path, busy_timeout_ms)
             for _ in range(readers):
-                opened.append(_connect(path, busy_timeout_ms=busy_timeout_ms, query_only=True))
+                opened.append(
+                    _connect(path, busy_timeout_ms=busy_timeout_ms, query_only=True, synchronous=synchronous)
+                )
         except BaseException as exc:
             for db in opened:
                 db.close()
@@ -288,7 +314,7 @@ class SQLiteEngine:
             if isinstance(exc, OSError):
                 raise StorageError(f"sqlite: cannot open {path}: {exc}") from exc
             raise
-        return cls(path, opened[0], opened[1:])
+        return cls(path, opened[0], opened[1:], synchronous)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -372,5 +398,17 @@ class SQLiteEngine:
         # The last connection to close checkpoints the WAL back into the database file.
         self._writer.close()
 
+    async def pragma(self, name: str) -> Any:
+        """The writer connection's value of ``PRAGMA name`` (what its commits actually run with)."""
+        if not name.isidentifier():
+            raise ValueError(f"not a pragma name: {name!r}")
+        self._check_open()
+
+        def read() -> Any:
+            row = self._writer.execute(f"PRAGMA {name}").fetchone()
+            return None if row is None else next(iter(row.values()))
+
+        return await run_in_thread(read, limiter=self._write_limiter)
+
     def describe(self) -> str:
-        return f"sqlite ({self.path})"
+        return f"sqlite ({self.path}, synchronous={self.synchronous})"

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+from functools import partial
 
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import WebSocketRequest
 
 from vox.context import Context
 from vox.nurseries.connection import GatewayConnection
 from vox.nurseries.handoff import SessionTaker
 from vox.nurseries.session import SessionRegistry
 from vox.protocol.gateway import MAX_CLIENT_FRAME_BYTES, SUBPROTOCOL, CloseCode, token_from_subprotocols
+from vox.transports import tls
+from vox.transports.http_headers import HeaderPolicy, with_security_headers
+from vox.transports.ws_contain import contained
+from vox.transports.ws_guard import refuse_server_full, serve_guarded_websocket
 
 log = logging.getLogger("vox.gateway")
 
@@ -29,17 +34,28 @@ class GatewayServer:
         self.ctx = ctx
         self.sessions = sessions
         self.open: set[GatewayConnection] = set()
+        c = ctx.config
+        self.limits = ctx.connections.listener(
+            "gateway", total=c.max_gateway_connections, per_ip=c.max_connections_per_ip
+        )
+        ctx.connections.export_to(ctx.metrics.registry)
         self._ids = itertools.count(1)
+
+    def _reject_headers(self) -> list[tuple[bytes, bytes]]:
+        policy = HeaderPolicy.from_config(self.ctx.config, tls=self.ctx.tls is not None)
+        return with_security_headers([], policy)
 
     async def handle(self, request: WebSocketRequest) -> None:
         path = request.path.split("?", 1)[0]
         if path != GATEWAY_PATH:
             await request.reject(
-                404, body=b'{"error":{"code":"not_found","message":"gateway is at /gateway"}}'
+                404,
+                extra_headers=self._reject_headers(),
+                body=b'{"error":{"code":"not_found","message":"gateway is at /gateway"}}',
             )
             return
         if self.ctx.draining.is_set():
-            await request.reject(503)
+            await request.reject(503, extra_headers=self._reject_headers())
             return
         offers_v1, token = token_from_subprotocols(request.proposed_subprotocols)
         ws = await request.accept(subprotocol=SUBPROTOCOL if offers_v1 else None)
@@ -84,15 +100,19 @@ async def serve_gateway(
 
 
 async def _serve_connections(ctx: Context, server: GatewayServer, task_status: trio.TaskStatus[int]) -> None:
+    ssl_context = tls.server_context(ctx.tls, alpn=tls.GATEWAY_ALPN, listener="gateway") if ctx.tls else None
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as listener:
             ws_server = await listener.start(
-                lambda task_status: serve_websocket(
+                lambda task_status: serve_guarded_websocket(
                     server.handle,
                     ctx.config.host,
                     ctx.config.gateway_port,
-                    ssl_context=None,
-                    handler_nursery=connections,
+                    ssl_context=ssl_context,
+                    limits=server.limits,
+                    refuse=partial(refuse_server_full, ctx.metrics),
+                    connect_timeout=ctx.config.ws_handshake_timeout_s,
+                    handler_nursery=contained(connections),
                     max_message_size=MAX_CLIENT_FRAME_BYTES,
                     task_status=task_status,
                 )

@@ -42,6 +42,15 @@ class CoalescingTCPServer(TCPServer):
         self._pending: list[bytes] = []
         self._pending_bytes = 0
 
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            # hypercorn returns without closing the socket when a TLS handshake fails (plaintext
+            # sent to the TLS port, say): the client would wait for an answer until the socket is
+            # garbage collected. Closing a closed stream does nothing.
+            await trio.aclose_forcefully(self.stream)
+
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, RawData):
             if not event.data:  # h11's end of a sized body: nothing to write
@@ -56,10 +65,15 @@ class CoalescingTCPServer(TCPServer):
         # What was written goes out before any close or idle state: this task's buffer, and a
         # write the spawned flush has in flight (it holds the send lock while sending; a close
         # while it sends would cut the response off).
-        await self._flush()
-        async with self.send_lock:
-            pass
-        await super().protocol_send(event)
+        # Shielded: when a response is complete before its request body has arrived (a 404 or
+        # 405 to a POST), the request task itself hands the app "http.disconnect" and then asks
+        # for the close, and quart-trio cancels that task on the disconnect. Cancelled here, the
+        # close never happened and the next request on the connection waited forever.
+        with trio.CancelScope(shield=True):
+            await self._flush()
+            async with self.send_lock:
+                pass
+            await super().protocol_send(event)
 
     async def _flush(self) -> None:
         if not self._pending:

@@ -22,19 +22,17 @@ Authentication: the first client-initiated bidirectional stream carries the medi
 ``\\n``; the answer is ``ok\\n`` on the same stream, or a CONNECTION_CLOSE with an application error
 code (``CloseCode``) and the reason as its phrase. Datagrams before that are dropped and counted.
 
-TLS: the configured certificate, or a self-signed one generated on first start in
-``data_dir/keys`` (``media_cert.pem``/``media_key.pem``, 0600; renewed when it expires within a
-day). ALPN ``vox-media/1`` is required; DATAGRAM frames (RFC 9221) are enabled.
+TLS: ``media_cert_file``, else the REST and gateway certificate (tls_cert or tls_self_signed, see
+vox.transports.tls), else a self-signed one generated on first start in ``data_dir/keys``
+(``media_cert.pem``/``media_key.pem``, 0600; renewed when it expires within a day). ALPN
+``vox-media/1`` is required; DATAGRAM frames (RFC 9221) are enabled.
 """
 
 from __future__ import annotations
 
-import datetime
 import enum
-import ipaddress
 import logging
 import math
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,15 +50,12 @@ from aioquic.quic.events import (
     StreamDataReceived,
 )
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from vox.config import Config
 from vox.errors import ConfigError
 from vox.protocol.media import ALPN, MAX_DATAGRAM_BYTES, MediaTokenError
 from vox.services.media import MediaService, MediaSession
+from vox.transports.tls import CertFiles, ensure_self_signed
 
 __all__ = ["CloseCode", "MediaEndpoint", "ensure_certificate", "serve_media"]
 
@@ -378,46 +373,11 @@ class MediaEndpoint:
 # -- TLS certificate --------------------------------------------------------------------------------
 
 
-def _self_signed(host: str) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vox media")])
-    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
-    try:
-        names.append(x509.IPAddress(ipaddress.ip_address(host)))
-    except ValueError:
-        if host:
-            names.append(x509.DNSName(host))
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+def ensure_certificate(config: Config, tls_files: CertFiles | None = None) -> tuple[Path, Path]:
+    """The media listener's certificate and key files; blocking (run it in a worker thread).
 
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def ensure_certificate(config: Config) -> tuple[Path, Path]:
-    """The media listener's certificate and key files; blocking (run it in a worker thread)."""
+    ``media_cert_file``/``media_key_file`` win; else the REST and gateway certificate
+    (``tls_files``, from tls_cert/tls_key or tls_self_signed); else a self-signed one of its own."""
     if config.media_cert_file or config.media_key_file:
         if not (config.media_cert_file and config.media_key_file):
             raise ConfigError("media_cert_file", "media_cert_file and media_key_file go together")
@@ -426,26 +386,13 @@ def ensure_certificate(config: Config) -> tuple[Path, Path]:
             if not path.is_file():
                 raise ConfigError(name, f"{str(path)!r} not found")
         return cert, key
+    if tls_files is not None:
+        return tls_files.cert, tls_files.key
     keys = config.data_dir / "keys"
-    cert, key = keys / "media_cert.pem", keys / "media_key.pem"
-    if cert.is_file() and key.is_file():
-        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
-        left = loaded.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
-        if left > datetime.timedelta(days=1):
-            _log_fingerprint(loaded, cert, generated=False)
-            return cert, key
-    cert_pem, key_pem = _self_signed(config.media_host or config.host)
-    _write_private(key, key_pem)
-    _write_private(cert, cert_pem)
-    _log_fingerprint(x509.load_pem_x509_certificate(cert_pem), cert, generated=True)
-    return cert, key
-
-
-def _log_fingerprint(cert: x509.Certificate, path: Path, generated: bool) -> None:
-    # Public: clients of a self-signed server pin this.
-    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":")
-    fields = {"file": str(path), "sha256": fingerprint, "generated": generated}
-    log.info("media certificate (self-signed)", extra={"fields": fields})
+    host = config.media_host or config.host
+    names = ("localhost", host) if host and host != "localhost" else ("localhost",)
+    files = ensure_self_signed(keys / "media_cert.pem", keys / "media_key.pem", names, label="media")
+    return files.cert, files.key
 
 
 def _quic_configuration(config: Config, cert: Path, key: Path) -> QuicConfiguration:
@@ -467,11 +414,12 @@ async def serve_media(
     service: MediaService,
     draining: trio.Event,
     *,
+    tls_files: CertFiles | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind the media socket, report its port, serve until ``draining`` is set, then close every
     connection (CONNECTION_CLOSE SERVER_SHUTDOWN) and return."""
-    cert, key = await trio.to_thread.run_sync(ensure_certificate, config)
+    cert, key = await trio.to_thread.run_sync(ensure_certificate, config, tls_files)
     quic_config = await trio.to_thread.run_sync(_quic_configuration, config, cert, key)
     host = config.media_host or config.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

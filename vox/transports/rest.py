@@ -14,7 +14,6 @@ from typing import Any, cast
 
 import msgspec
 import trio
-from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 from quart import Response, g, request
 from quart_trio import QuartTrio
@@ -33,8 +32,10 @@ from vox.api import (
     keys,
     messages,
     oidc,
+    openapi,
     ops,
     presence,
+    text,
     users,
     web,
 )
@@ -42,7 +43,9 @@ from vox.api import voice as voice_api
 from vox.context import Context
 from vox.errors import APIError
 from vox.services.uploads import DEFAULT_LIMITS
-from vox.transports import http_writes
+from vox.transports import http_guard, tls
+from vox.transports.body_deadline import BodyDeadline
+from vox.transports.http_headers import HeaderPolicy, SecurityHeaders
 
 MAX_FILES_PER_MESSAGE = DEFAULT_LIMITS.max_files
 
@@ -83,12 +86,17 @@ def create_app(ctx: Context) -> QuartTrio:
         ctx.config.max_request_bytes, ctx.config.max_upload_bytes * MAX_FILES_PER_MESSAGE + 1_048_576
     )
     app.config["JSON_SORT_KEYS"] = False
+    # OPTIONS is answered by the CORS layer when CORS is on; otherwise it is a 405 like any
+    # method a route does not take (an automatic 200 would look like a preflight that passed).
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     for blueprint in (
         *(ops.bp, auth.bp, users.bp, guilds.bp, channels.bp, invites.bp, messages.bp),
         *(dms.bp, calls.bp, friends.bp, emoji.bp, keys.bp, voice_api.bp, oidc.bp, admin.bp),
-        *(presence.bp, web.bp),
+        *(presence.bp, web.bp, openapi.bp),
     ):
         app.register_blueprint(blueprint)
+    openapi.install(app)
+    app.before_request(text.refuse_nul_in_url)
 
     @app.after_request
     async def _rate_headers(response: Response) -> Response:
@@ -135,7 +143,7 @@ def create_app(ctx: Context) -> QuartTrio:
 class ObservedApp:
     """ASGI wrapper: one access-log line and metrics per request, whatever the outcome."""
 
-    def __init__(self, app: QuartTrio, ctx: Context) -> None:
+    def __init__(self, app: QuartTrio | BodyDeadline, ctx: Context) -> None:
         # Typed loosely: Quart's ASGI signature uses TypedDict scopes this wrapper does not build.
         self.app: Callable[[Scope, Receive, Send], Awaitable[None]] = cast(Any, app)
         self.metrics = ctx.metrics
@@ -178,15 +186,19 @@ class ObservedApp:
 
 async def serve_rest(ctx: Context, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve REST until ``ctx.draining`` is set, then let in-flight requests finish (up to the grace)."""
-    cfg = HyperConfig()
+    tls_context = tls.server_context(ctx.tls, alpn=tls.REST_ALPN, listener="rest") if ctx.tls else None
+    cfg = tls.hypercorn_config(tls_context)
     host = ctx.config.host
     cfg.bind = [f"[{host}]:{ctx.config.rest_port}" if ":" in host else f"{host}:{ctx.config.rest_port}"]
     cfg.graceful_timeout = ctx.config.shutdown_grace_s
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
-    cfg.keep_alive_timeout = 75
-    app = ObservedApp(create_app(ctx), ctx)
-    http_writes.install()
+    http_guard.configure(cfg, ctx)
+    policy = HeaderPolicy.from_config(ctx.config, tls=tls_context is not None)
+    app = SecurityHeaders(
+        ObservedApp(BodyDeadline(create_app(ctx), ctx.config.http_body_timeout_s), ctx), policy
+    )
+    http_guard.install()
 
     class _Status:
         def started(self, binds: list[str]) -> None:
