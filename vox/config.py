@@ -106,6 +106,17 @@ class Config:
     media_max_connections: int = 1000
     media_rate_pps: int = 1500
     media_rate_burst: int = 300
+    # Federation (docs/federation.md): empty server_name keeps it off.
+    server_name: str = ""
+    federation_policy: str = "open"
+    federation_allowlist: str = ""
+    federation_peers: str = ""
+    federation_dns_server: str = ""
+    federation_insecure_http: bool = False
+    federation_max_skew_s: float = 300.0
+    federation_rate: int = 600
+    federation_retry_max_s: float = 60.0
+    federation_timeout_s: float = 10.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -245,6 +256,46 @@ def _redirect_uris(value: str) -> str | None:
         if not re.fullmatch(r"[a-z][a-z0-9+.\-]*://?[^\s#]+", uri):
             return f"{uri!r} is not an absolute URI without a fragment"
     return None
+
+
+def _server_name(value: str) -> str | None:
+    from vox.protocol.federation import is_valid_domain
+
+    if value == "" or is_valid_domain(value):
+        return None
+    return 'must be a lower-case domain name such as "chat.example.org"'
+
+
+def _domain_list(value: str) -> str | None:
+    from vox.protocol.federation import is_valid_domain
+
+    for item in domain_set(value):
+        if not is_valid_domain(item):
+            return f"{item!r} is not a lower-case domain name"
+    return None
+
+
+def domain_set(value: str) -> frozenset[str]:
+    return frozenset(value.replace(",", " ").split())
+
+
+def _federation_peers(value: str) -> str | None:
+    from vox.services.federation_peers import parse_static_peers
+
+    try:
+        parse_static_peers(value)
+    except ConfigError as exc:
+        return exc.problem
+    return None
+
+
+def _host_port(value: str) -> str | None:
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        return 'must be "host:port"'
+    return _ip_or_empty(host.strip("[]")) and "host must be an IP address"
 
 
 def redirect_uri_set(value: str) -> frozenset[str]:
@@ -575,6 +626,55 @@ FIELDS: tuple[Field, ...] = (
         _positive,
     ),
     Field("media_rate_burst", int, "Datagrams one media sender may send at once above that rate.", _positive),
+    Field(
+        "server_name",
+        str,
+        'Domain of this community for federation, e.g. "chat.example.org"; empty: federation off.',
+        _server_name,
+    ),
+    Field(
+        "federation_policy",
+        str,
+        "Which peer servers may talk to this one: open, allowlist (federation_allowlist) or closed.",
+        _one_of("open", "allowlist", "closed"),
+    ),
+    Field(
+        "federation_allowlist",
+        str,
+        'Comma-separated peer domains allowed when federation_policy is allowlist, e.g. "b.example".',
+        _domain_list,
+    ),
+    Field(
+        "federation_peers",
+        str,
+        'Static peers, "domain=base_url=public_key[,...]" (key: base64url Ed25519); they win over DNS.',
+        _federation_peers,
+    ),
+    Field(
+        "federation_dns_server",
+        str,
+        'Nameserver "host:port" for peer discovery instead of the system resolver; empty: system.',
+        _host_port,
+    ),
+    Field(
+        "federation_insecure_http",
+        bool,
+        "Reach peers found by DNS over plain http (loopback tests, private networks only).",
+    ),
+    Field(
+        "federation_max_skew_s",
+        float,
+        "Seconds a signed federation request stays valid (clock skew and replay window).",
+        _positive,
+    ),
+    Field("federation_rate", int, "Federation requests one peer server may make per minute.", _positive),
+    Field(
+        "federation_retry_max_s",
+        float,
+        "Longest wait between delivery attempts to a peer that is down (backoff from 1 s doubles).",
+        _positive,
+    ),
+    Field("federation_timeout_s", float, "Timeout of each request to a peer server.", _positive),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 

@@ -17,6 +17,8 @@ from vox.services.auth import AuthService
 from vox.services.calls import CallService
 from vox.services.dms import DmService
 from vox.services.emoji import EmojiService
+from vox.services.federated import Federated
+from vox.services.federation import Federation
 from vox.services.friends import FriendService
 from vox.services.guilds import GuildService
 from vox.services.invites import InviteService
@@ -111,3 +113,8 @@ class Context:
     media: MediaService | None = None
     # This daemon among the others of a deployment (vox.services.nodes), opened by the root nursery.
     nodes: NodeRegistry | None = None
+    # Server-to-server federation (vox.services.federation); None while server_name is empty.
+    federation: Federation | None = None
+    # Remote users, federated DMs, presence, vouchers and guests (vox.services.federated); set
+    # with ``federation``.
+    federated: Federated | None = None

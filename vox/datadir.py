@@ -1,10 +1,12 @@
 """The data directory: created 0700 on first start, holding the generated server keys.
 
 Keys are generated once and then only read: the Ed25519 key that signs access tokens
-(``keys/jwt_ed25519.pem``, or ``keys/jwt_rs256.pem`` when RS256 is configured) and the
-32-byte server secret that encrypts secrets at rest with
-AES-256-GCM (``keys/server_secret``). Both files are 0600. Losing them logs every user out and
-makes stored MFA/OIDC secrets unreadable, so operators back them up with the database.
+(``keys/jwt_ed25519.pem``, or ``keys/jwt_rs256.pem`` when RS256 is configured), the
+32-byte server secret that encrypts secrets at rest with AES-256-GCM (``keys/server_secret``),
+and the Ed25519 key that signs server-to-server federation requests and vouchers
+(``keys/federation_ed25519.pem``, published to peers). All files are 0600. Losing them logs every
+user out, makes stored MFA/OIDC secrets unreadable and changes the server's federation identity,
+so operators back them up with the database.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ SERVER_SECRET_BYTES = 32
 class ServerKeys:
     jwt_private_key: Ed25519PrivateKey | RSAPrivateKey
     server_secret: bytes
+    # Signs federation requests and vouchers; every daemon of one community must share it.
+    federation_key: Ed25519PrivateKey
 
     def __repr__(self) -> str:  # keys must never reach a log line through a repr
         return "ServerKeys(<redacted>)"
@@ -74,6 +78,7 @@ def prepare(data_dir: Path, jwt_algorithm: str = "EdDSA") -> ServerKeys:
     rs256 = jwt_algorithm == "RS256"
     jwt_path = keys_dir / ("jwt_rs256.pem" if rs256 else "jwt_ed25519.pem")
     secret_path = keys_dir / "server_secret"
+    federation_path = keys_dir / "federation_ed25519.pem"
 
     def make_jwt_key() -> bytes:
         if rs256:
@@ -83,7 +88,14 @@ def prepare(data_dir: Path, jwt_algorithm: str = "EdDSA") -> ServerKeys:
     def make_secret() -> bytes:
         return secrets.token_bytes(SERVER_SECRET_BYTES)
 
-    for path, make in ((jwt_path, make_jwt_key), (secret_path, make_secret)):
+    def make_federation_key() -> bytes:
+        return _pem(Ed25519PrivateKey.generate())
+
+    for path, make in (
+        (jwt_path, make_jwt_key),
+        (secret_path, make_secret),
+        (federation_path, make_federation_key),
+    ):
         if not path.exists():
             try:
                 _write_private(path, make())
@@ -97,4 +109,7 @@ def prepare(data_dir: Path, jwt_algorithm: str = "EdDSA") -> ServerKeys:
     secret = secret_path.read_bytes()
     if len(secret) != SERVER_SECRET_BYTES:
         raise ConfigError("data_dir", f"{secret_path} must hold exactly {SERVER_SECRET_BYTES} bytes")
-    return ServerKeys(jwt_private_key=key, server_secret=secret)
+    federation_key = serialization.load_pem_private_key(federation_path.read_bytes(), password=None)
+    if not isinstance(federation_key, Ed25519PrivateKey):
+        raise ConfigError("data_dir", f"{federation_path} is not an Ed25519PrivateKey")
+    return ServerKeys(jwt_private_key=key, server_secret=secret, federation_key=federation_key)

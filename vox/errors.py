@@ -20,7 +20,12 @@
         ├── Conflict           409
         ├── PayloadTooLarge    413
         ├── UnsupportedMediaType 415
-        └── RateLimited        429 (with retry_after_ms)
+        ├── RateLimited        429 (with retry_after_ms)
+        ├── FederationAuthError   401 federation_unauthorized (with the reason)
+        ├── FederationForbidden   403 federation_forbidden (policy refused the peer)
+        ├── FederationDisabled    404 federation_disabled (no server_name configured)
+        ├── PeerUnavailable       502 peer_unavailable (a peer cannot be found or reached)
+        └── PeerError             502 peer_error (a peer answered with an error or garbage)
 
 Services raise these; transports turn APIError into the JSON error shape of the wire contract
 (protocol.md section 1) and anything else into a logged 500 with no internals in the body.
@@ -153,3 +158,49 @@ class RateLimited(APIError):
     def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message, retry_after_ms=retry_after_ms)
         self.retry_after_ms = retry_after_ms
+
+
+class FederationAuthError(Unauthorized):
+    """A server-to-server request or a voucher failed verification; ``reason`` says which check."""
+
+    code = "federation_unauthorized"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or reason.replace("_", " "), reason=reason)
+        self.reason = reason
+
+
+class FederationForbidden(Forbidden):
+    code = "federation_forbidden"
+
+
+class FederationDisabled(NotFound):
+    code = "federation_disabled"
+
+
+class PeerUnavailable(APIError):
+    """A peer server has no usable address or key, or could not be reached."""
+
+    status = 502
+    code = "peer_unavailable"
+
+    def __init__(self, domain: str, message: str) -> None:
+        super().__init__(message, domain=domain)
+        self.domain = domain
+
+
+class PeerError(APIError):
+    """A peer answered a federation request with an error status or an unreadable body.
+
+    ``peer_status`` and ``peer_code`` are what the peer said (0 and ``garbage`` when its answer
+    was not JSON, ``unknown`` when it was JSON without the error shape); the local client sees
+    502 ``peer_error``.
+    """
+
+    status = 502
+    code = "peer_error"
+
+    def __init__(self, status: int, code: str, message: str = "peer server refused the request") -> None:
+        super().__init__(message, peer_status=status, peer_code=code)
+        self.peer_status = status
+        self.peer_code = code

@@ -18,7 +18,8 @@ from vox.api.spec import documented
 bp = Blueprint("dms", __name__, url_prefix="/api/v1/dms")
 
 # The service enforces 1-9 distinct others; these bounds only stop absurd bodies before it runs.
-UserId = Annotated[str, msgspec.Meta(max_length=64)]
+# A recipient is a user id, or name@domain for a user of another server (docs/federation.md).
+UserId = Annotated[str, msgspec.Meta(max_length=300)]
 
 
 class OpenDm(msgspec.Struct):

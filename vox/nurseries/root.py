@@ -25,6 +25,8 @@ from vox.services.auth import AuthService
 from vox.services.calls import CallService
 from vox.services.dms import DmService
 from vox.services.emoji import EmojiService
+from vox.services.federated import Federated
+from vox.services.federation import open_federation
 from vox.services.friends import FriendService
 from vox.services.guild_events import GuildEvents
 from vox.services.guilds import GuildService
@@ -161,9 +163,20 @@ async def run_daemon(
                 ctx.voice,
             )
         )
+        if config.server_name:
+            # Server-to-server federation: its HTTP client closes after the listeners and the
+            # outbox worker; features register their inbox handlers on ctx.federation here.
+            ctx.federation = await stack.enter_async_context(
+                open_federation(config, keys.federation_key, store.federation, ephemeral)
+            )
+            # Remote users, federated DMs, presence, key claims, vouchers and guests.
+            Federated.attach(ctx)
         async with trio.open_nursery() as nursery:
             # Ends unanswered DM calls started here at their ring deadline; returns when draining.
             await nursery.start(ctx.calls.run_timers, ctx.draining)
+            if ctx.federation is not None:
+                # Delivers the durable outbox to peer servers; returns when draining.
+                await nursery.start(ctx.federation.run_delivery, ctx.draining)
             rest_port = await nursery.start(serve_rest, ctx)
             gateway_port = await nursery.start(serve_gateway, ctx)
             media_port = await nursery.start(

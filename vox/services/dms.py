@@ -18,8 +18,8 @@ as ``dm_create`` (d: the DM object).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
 
 from vox.errors import Forbidden, ValidationError
 from vox.pubsub import Broker
@@ -74,24 +74,42 @@ def _others(user_id: str, recipients: list[str]) -> list[str]:
     return others
 
 
+class RemoteRecipients(Protocol):
+    """Turns ``name@domain`` recipients into local ids (vox.services.federated_dms)."""
+
+    async def resolve(self, caller_id: str, recipients: list[str]) -> tuple[list[str], set[str]]:
+        """(recipient ids, the ids among them that are users of other servers)."""
+        ...
+
+
 class DmService:
     def __init__(self, dms: Dms, broker: Broker, *, clock: Callable[[], int] = _now_ms) -> None:
         self.dms = dms
         self.broker = broker
         self.clock = clock
+        # Set when federation is on: recipients may then be written name@domain.
+        self.remote: RemoteRecipients | None = None
 
-    async def open(self, user_id: str, recipients: list[str]) -> tuple[dict[str, Any], bool]:
+    async def open(
+        self, user_id: str, recipients: list[str], *, no_contact_needed: Collection[str] = ()
+    ) -> tuple[dict[str, Any], bool]:
         """The 1:1 DM with one recipient (reused if it exists), or a new group DM; (dm, created).
 
         Everything is checked before anything is written: ids (400), existence (400), then the
-        contact rule (403)."""
+        contact rule (403). The rule cannot be checked for users of other servers (no guild or
+        friendship is shared across servers), so it is waived for them (``no_contact_needed``);
+        which peers may reach this server at all is the federation policy's to decide."""
+        exempt = set(no_contact_needed)
+        if self.remote is not None and any("@" in r for r in recipients):
+            recipients, remote = await self.remote.resolve(user_id, recipients)
+            exempt |= remote
         others = _others(user_id, recipients)
         existing = await self.dms.existing_users(others)
         unknown = [o for o in others if o not in existing]
         if unknown:
             raise ValidationError("unknown user", {"recipients": f"no such user: {unknown[0]}"})
         contacts = await self.dms.contacts(user_id, others)
-        strangers = [o for o in others if o not in contacts]
+        strangers = [o for o in others if o not in contacts and o not in exempt]
         if strangers:
             raise Forbidden(
                 "you can only message people who share a guild with you or are your friends",

@@ -32,7 +32,7 @@ import binascii
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from vox.errors import NotFound, ValidationError
 from vox.pubsub import Broker
@@ -131,6 +131,14 @@ def claimed_object(claimed: Claimed) -> dict[str, Any]:
     }
 
 
+class RemoteKeys(Protocol):
+    """Keys of users of other servers, asked of their home server; None for local users."""
+
+    async def claim(self, claimer_id: str, user_id: str, device_id: str | None) -> dict[str, Any] | None: ...
+
+    async def devices(self, user_id: str) -> dict[str, list[dict[str, Any]]] | None: ...
+
+
 class KeyService:
     def __init__(
         self,
@@ -148,6 +156,9 @@ class KeyService:
         self.limiter = limiter
         self.max_one_time_keys = max_one_time_keys
         self.clock = clock
+        # Set when federation is on: claims and device lists of users of other servers come
+        # from their home server (vox.services.federated_keys).
+        self.remote: RemoteKeys | None = None
 
     async def upload(
         self,
@@ -232,6 +243,10 @@ class KeyService:
 
     async def devices(self, user_id: str) -> dict[str, list[dict[str, Any]]]:
         """Any user's devices (keys are public); NotFound for an unknown user."""
+        if self.remote is not None:
+            listed = await self.remote.devices(user_id)
+            if listed is not None:
+                return listed
         rows = await self.keys.devices(user_id) if valid_id(user_id) else None
         if rows is None:
             raise NotFound("user not found")
@@ -244,6 +259,10 @@ class KeyService:
         await self.limiter.take("key_claim", claimer_id)
         if device_id is not None:
             _check_device_id(device_id)
+        if self.remote is not None:
+            proxied = await self.remote.claim(claimer_id, user_id, device_id)
+            if proxied is not None:
+                return proxied
         claimed = await self.keys.claim(user_id, device_id) if valid_id(user_id) else None
         if claimed is None:
             raise NotFound("user not found")

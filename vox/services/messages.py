@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vox.errors import Forbidden, NotFound, ValidationError
@@ -84,6 +85,8 @@ def render(row: Row, files: list[Row] | None = None, reactions: list[Row] | None
         ],
         "created_at": iso(row["created_at"]),
         "edited_at": iso(row["edited_at"]),
+        # The server a relayed DM came from (docs/federation.md); null for messages sent here.
+        "origin": row["remote_origin"],
     }
 
 
@@ -92,6 +95,8 @@ class MessageService:
         self.messages = messages
         self.permissions = permissions
         self.broker = broker
+        # Set when federation is on: passes each new DM message on to other servers' recipients.
+        self.relay_dm: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     async def _publish(self, channel_id: str, type_: str, d: dict[str, Any]) -> None:
         payload = envelope(encode_event(type_, d))
@@ -193,6 +198,8 @@ class MessageService:
         ]
         message = render(row, files)
         await self._publish(channel_id, "message_new", message)
+        if self.relay_dm is not None and channel["guild_id"] is None:
+            await self.relay_dm(message)
         return message
 
     async def check_can_upload(self, user_id: str, channel_id: str) -> None:

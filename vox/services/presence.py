@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -75,6 +76,9 @@ class PresenceService:
         self.node_id = node_id
         # This daemon's sessions per user: what node_users:{node} should say, to restore it.
         self.local: Counter[str] = Counter()
+        # Set when federation is on: (user id, event type, d) of each update, for contacts of
+        # the user on other servers.
+        self.relay: Callable[[str, str, dict[str, Any]], Awaitable[None]] | None = None
 
     async def _publish(self, user_id: str, type_: str, d: dict[str, Any], *, to_self: bool = True) -> None:
         payload = envelope(encode_event(type_, d))
@@ -84,6 +88,8 @@ class PresenceService:
             topics.append(f"user:{user_id}")
         for topic in topics:
             await self.broker.publish(topic, payload)
+        if self.relay is not None and type_ != "patch":
+            await self.relay(user_id, type_, d)
 
     async def _activity(self, user_id: str) -> Any:
         raw = await self.ephemeral.get(f"presence:activity:{user_id}")

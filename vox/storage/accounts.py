@@ -122,7 +122,12 @@ class Accounts:
         return await self.engine.write(fn)
 
     async def any_user(self) -> bool:
-        return await self.engine.read(lambda c: c.fetchval("SELECT 1 FROM users LIMIT 1")) is not None
+        # Remote identities (guests, DM contacts from other servers) do not count: the first
+        # account registered here still bootstraps the server.
+        found = await self.engine.read(
+            lambda c: c.fetchval("SELECT 1 FROM users WHERE home_domain IS NULL LIMIT 1")
+        )
+        return found is not None
 
     async def presence_audience(self, user_id: str) -> tuple[list[str], list[str]]:
         """(guild ids of the user, ids of their accepted friends): who hears their presence."""

@@ -73,8 +73,14 @@ class AdminStore:
 
     # -- admins and elevation -----------------------------------------------------------------
     async def is_admin(self, user_id: str) -> bool:
+        # A federated identity (guest from another server) is never an admin here, even if
+        # someone put it in system_admins (docs/federation.md).
         found = await self.engine.read(
-            lambda c: c.fetchval("SELECT 1 FROM system_admins WHERE user_id = :u", {"u": user_id})
+            lambda c: c.fetchval(
+                "SELECT 1 FROM system_admins a JOIN users u ON u.id = a.user_id"
+                " WHERE a.user_id = :u AND u.home_domain IS NULL",
+                {"u": user_id},
+            )
         )
         return found is not None
 
@@ -274,7 +280,11 @@ class AdminStore:
         """Set the password and revoke every session; (user id, revoked sessions) or None."""
 
         def fn(c: Conn) -> tuple[str, list[str]] | None:
-            user_id = c.fetchval("SELECT id FROM users WHERE username_lower = :u", {"u": username.lower()})
+            # Remote identities have no password here: they sign in at their home server.
+            user_id = c.fetchval(
+                "SELECT id FROM users WHERE username_lower = :u AND home_domain IS NULL",
+                {"u": username.lower()},
+            )
             if user_id is None:
                 return None
             c.execute("UPDATE users SET password_hash = :h WHERE id = :u", {"h": password_hash, "u": user_id})

@@ -11,7 +11,7 @@ from vox.storage.base import Conn, Engine, Row
 
 _MESSAGE_COLUMNS = (
     "m.id, m.channel_id, m.guild_id, m.user_id, m.content, m.encrypted, m.nonce, m.reply_to,"
-    " m.mention_type, m.mentions, m.created_at, m.edited_at, m.deleted_at,"
+    " m.mention_type, m.mentions, m.created_at, m.edited_at, m.deleted_at, m.remote_origin,"
     " u.username AS author_username, u.display_name AS author_display_name"
 )
 _MESSAGE_FROM = " FROM messages m JOIN users u ON u.id = m.user_id"

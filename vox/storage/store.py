@@ -11,6 +11,7 @@ from vox.storage.admin import AdminStore
 from vox.storage.base import Engine
 from vox.storage.dms import Dms
 from vox.storage.emoji import Emoji
+from vox.storage.federation import FederationStore
 from vox.storage.friends import Friends
 from vox.storage.guilds import Guilds
 from vox.storage.keys import DeviceKeys
@@ -32,6 +33,7 @@ class Store:
         self.keys = DeviceKeys(engine)
         self.admin = AdminStore(engine)
         self.oidc = OidcStore(engine)
+        self.federation = FederationStore(engine)
 
     async def ping(self) -> None:
         """Raise StorageError unless the database answers."""

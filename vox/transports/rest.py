@@ -26,6 +26,8 @@ from vox.api import (
     channels,
     dms,
     emoji,
+    federated,
+    federation,
     friends,
     guilds,
     invites,
@@ -92,7 +94,7 @@ def create_app(ctx: Context) -> QuartTrio:
     for blueprint in (
         *(ops.bp, auth.bp, users.bp, guilds.bp, channels.bp, invites.bp, messages.bp),
         *(dms.bp, calls.bp, friends.bp, emoji.bp, keys.bp, voice_api.bp, oidc.bp, admin.bp),
-        *(presence.bp, web.bp, openapi.bp),
+        *(presence.bp, web.bp, openapi.bp, federation.bp, federated.bp),
     ):
         app.register_blueprint(blueprint)
     openapi.install(app)
