@@ -48,6 +48,8 @@ async def test_early_404_does_not_stall_the_connection(daemon: Daemon) -> None:
     first, _, rest = out.partition(b"|")
     assert first.startswith(b"HTTP/1.1 404"), first
     assert b'"code":"not_found"' in first
+    # The client is told not to reuse the connection, since the body it sent was not read.
+    assert b"\r\nconnection: close\r\n" in first.lower(), first
     # Either the connection closed or the next request was answered; a stall fails by timeout.
     assert rest == b"" or rest.startswith(b"HTTP/1.1 200"), rest
 
@@ -57,3 +59,17 @@ async def test_early_405_does_not_stall_the_connection(daemon: Daemon) -> None:
     first, _, rest = out.partition(b"|")
     assert first.startswith(b"HTTP/1.1 405"), first
     assert rest == b"" or rest.startswith(b"HTTP/1.1 200"), rest
+
+
+async def test_an_answer_after_the_whole_body_keeps_the_connection(daemon: Daemon) -> None:
+    """Only an early answer closes: a request whose body was read stays keep-alive."""
+    port = int(daemon.rest.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        body = b'{"username": "", "password": ""}'
+        head = b"POST /api/v1/auth/login HTTP/1.1\r\nHost: vox\r\nContent-Type: application/json\r\n"
+        await stream.send_all(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        with trio.fail_after(10):
+            first = await _read_response(stream)
+    assert first.startswith(b"HTTP/1.1 4"), first
+    assert b"connection: close" not in first.lower(), first

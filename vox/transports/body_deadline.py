@@ -9,7 +9,9 @@ bounded by ``http_body_timeout_s``. When one runs out:
   handler: an upload in progress deletes what it stored and no database row was written, since
   rows are written only after the whole body was read.
 
-hypercorn then closes the connection, since the request was never completely received.
+hypercorn then closes the connection, since the request was never completely received. Any
+HTTP/1 response started before its request body was read says ``Connection: close`` for the same
+reason, so clients open a new connection instead of failing on the next request.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ class _Exchange:
         self.body_done = False
         self.started = False
         self.timed_out = False
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return value.strip() not in (b"", b"0")
+        if name == b"transfer-encoding":
+            return True
+    return False
 
 
 class BodyDeadline:
@@ -89,6 +100,11 @@ class BodyDeadline:
                 return  # the request is over; whatever the cancelled handler still says is dropped
             if message["type"] == "http.response.start":
                 exchange.started = True
+                if not exchange.body_done and _has_body(scope) and scope.get("http_version") != "2":
+                    # Answered before the body was read (401, 404, 413 ...): the server will close
+                    # rather than skip the rest of the body, so the client must not reuse the
+                    # connection; without the header it sees a disconnect on its next request.
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
         await self.app(scope, guarded_receive, guarded_send)
