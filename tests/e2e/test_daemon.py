@@ -35,6 +35,13 @@ async def test_unknown_route_and_method_use_error_shape(daemon: Daemon) -> None:
     assert wrong_method.json()["error"]["code"] == "method_not_allowed"
 
 
+async def test_empty_path_segment_is_a_404_not_a_redirect(daemon: Daemon) -> None:
+    async with daemon.http() as client:
+        response = await client.get("/api/v1/guilds//channels")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
 async def test_oversized_body_is_413(daemon: Daemon) -> None:
     too_big = daemon.config.max_upload_bytes + 1
     async with daemon.http() as client:

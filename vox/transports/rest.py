@@ -81,6 +81,10 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
 
 def create_app(ctx: Context) -> QuartTrio:
     app = QuartTrio("vox")
+    # Werkzeug would answer a path with an empty segment ("/guilds//search") with an HTML redirect
+    # to the merged path; an API client gets the 404 error shape instead. Set before any route is
+    # added, since rules take the map's setting when they are bound.
+    app.url_map.merge_slashes = False
     app.extensions["vox"] = ctx
     # The ceiling for any body: an upload of the most files a message may carry. JSON routes
     # enforce their own, much smaller limit (vox.api.bodies); uploads enforce per-file limits.
