@@ -42,6 +42,22 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def channel_history(client: httpx.AsyncClient, channel_id: str, token: str) -> list[dict[str, Any]]:
+    """Every message of the channel, newest first, paging with ``before``."""
+    found: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        page = await client.get(
+            f"/api/v1/channels/{channel_id}/messages", params=params, headers=bearer(token)
+        )
+        assert page.status_code == 200, page.text
+        batch: list[dict[str, Any]] = page.json()
+        if not batch:
+            return found
+        found.extend(batch)
+        params["before"] = batch[-1]["id"]
+
+
 def db_rows(daemon: Daemon, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Read the embedded daemon's SQLite database directly (WAL allows a concurrent reader)."""
     conn = sqlite3.connect(daemon.config.data_dir / "vox.db")

@@ -21,7 +21,7 @@ import trio
 
 from tests import backends
 from tests.e2e.conftest import Daemon, start_daemon
-from tests.e2e.helpers import PASSWORD, bearer, login, user_with_token
+from tests.e2e.helpers import PASSWORD, bearer, channel_history, login, user_with_token
 from tests.process import ready_urls, spawn_vox
 from vox import datadir, dirlock
 from vox.backup import BackupOptions, make_backup, restore_backup
@@ -46,21 +46,6 @@ async def _post(client: httpx.AsyncClient, token: str, channel_id: str, content:
     )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
-
-
-async def _history(client: httpx.AsyncClient, token: str, channel_id: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 100}
-    while True:
-        page = await client.get(
-            f"/api/v1/channels/{channel_id}/messages", params=params, headers=bearer(token)
-        )
-        assert page.status_code == 200, page.text
-        batch: list[dict[str, Any]] = page.json()
-        if not batch:
-            return found
-        found.extend(batch)
-        params["before"] = batch[-1]["id"]
 
 
 def _stored_contents(db: Path) -> list[str]:
@@ -171,10 +156,10 @@ async def test_online_backup_under_writes_then_restore_and_serve(
     again = await start_daemon(nursery, tmp_path / "second", data_dir=restored, rate_limits=NO_RATE_LIMIT)
     async with again.http() as client:
         # Same keys: the token the first daemon issued is still valid.
-        history = await _history(client, token, channel_id)
+        history = await channel_history(client, channel_id, token)
         assert sorted(m["content"] for m in history if m["content"].startswith("m ")) == sorted(stored)
         fresh = await login(client, "keeper", PASSWORD)
-        assert (await _history(client, str(fresh["access_token"]), channel_id)) == history
+        assert (await channel_history(client, channel_id, str(fresh["access_token"]))) == history
         blob = await client.get(attachment["url"], headers=bearer(token))
         assert blob.status_code == 200 and blob.content == b"kept in a blob\n"
     await _stop(again)
@@ -297,7 +282,7 @@ async def test_postgres_backup_with_pg_dump_and_back(
     assert loaded.returncode == 0, loaded.stderr
     again = await start_daemon(nursery, tmp_path / "second", data_dir=config.data_dir, database_url=url)
     async with again.http() as client:
-        history = await _history(client, token, channel_id)
+        history = await channel_history(client, channel_id, token)
     assert sorted(m["content"] for m in history) == contents
     await _stop(again)
 

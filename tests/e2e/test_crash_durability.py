@@ -25,7 +25,7 @@ import pytest
 import trio
 
 from tests import backends
-from tests.e2e.helpers import PASSWORD, bearer
+from tests.e2e.helpers import PASSWORD, bearer, channel_history
 from tests.process import ready_urls, spawn_vox
 
 MESSAGES = 2000
@@ -164,21 +164,10 @@ async def _send_until_killed(
 
 
 async def _history(rest: str, channel_id: str) -> list[dict[str, Any]]:
-    """Every message of the channel, newest first, paging with ``before``."""
     async with httpx.AsyncClient(base_url=rest, timeout=SEND_TIMEOUT_S) as client:
         tokens = await client.post("/api/v1/auth/login", json={"username": "crash", "password": PASSWORD})
         assert tokens.status_code == 200, tokens.text
-        headers = bearer(str(tokens.json()["access_token"]))
-        found: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"limit": 100}
-        while True:
-            page = await client.get(f"/api/v1/channels/{channel_id}/messages", params=params, headers=headers)
-            assert page.status_code == 200, page.text
-            batch: list[dict[str, Any]] = page.json()
-            if not batch:
-                return found
-            found.extend(batch)
-            params["before"] = batch[-1]["id"]
+        return await channel_history(client, channel_id, str(tokens.json()["access_token"]))
 
 
 def _sqlite_integrity(path: Path) -> None:
