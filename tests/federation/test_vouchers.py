@@ -189,6 +189,11 @@ async def test_guest_is_refused_on_admin_routes(nursery: trio.Nursery, tmp_path:
         # And they cannot open DMs with users of other servers from here.
         dm = await visitor.call("POST", "/dms", {"recipients": ["alice@a.test"]})
         assert dm.status_code == 403, dm.text
+        # Nor found guilds here; joining the ones they are invited to is what they came for.
+        founded = await visitor.call("POST", "/guilds", {"name": "Visitors"})
+        assert founded.status_code == 403, founded.text
+        assert error_of(founded)["code"] == "forbidden"
+        assert (await owner.call("POST", "/guilds", {"name": "Locals"})).status_code == 201
     await stop(a, b)
 
 

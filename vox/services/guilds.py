@@ -61,6 +61,10 @@ class GuildService:
 
     # -- guilds -----------------------------------------------------------------------------
     async def create(self, user_id: str, name: str) -> dict[str, Any]:
+        if not await self.guilds.is_local_user(user_id):
+            # A guest visits this server's communities; founding new ones (and the storage and
+            # moderation duty that comes with them) is for its own users.
+            raise Forbidden("guests from other servers cannot create guilds here")
         state = await self.guilds.create_guild(user_id, clean_name(name), self.max_guilds)
         if state is None:
             raise Forbidden(f"this server allows at most {self.max_guilds} guild(s)")

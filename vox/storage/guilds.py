@@ -278,6 +278,16 @@ class Guilds:
         self.engine = engine
 
     # -- guilds -----------------------------------------------------------------------------
+    async def is_local_user(self, user_id: str) -> bool:
+        """False for a federated identity (``home_domain`` set): a guest from another server."""
+
+        def fn(c: Conn) -> bool:
+            return bool(
+                c.fetchval("SELECT COUNT(*) FROM users WHERE id = :u AND home_domain IS NULL", {"u": user_id})
+            )
+
+        return await self.engine.read(fn)
+
     async def create_guild(self, owner_id: str, name: str, max_guilds: int) -> GuildState | None:
         """Create the guild with its @everyone role, default channels and owner membership.
 
