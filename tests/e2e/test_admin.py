@@ -4,6 +4,7 @@ settings, guilds, the audit log, ``admin_subscribe`` on the gateway, and the adm
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -218,6 +219,54 @@ async def test_settings_and_guilds(daemon: Daemon) -> None:
             {"registration_policy": "open"},
             {"registration_policy": "closed"},
         ]
+
+
+async def test_settings_show_the_transport_limits(nursery: trio.Nursery, tmp_path: Path) -> None:
+    daemon = await start_daemon(
+        nursery,
+        tmp_path,
+        max_connections=321,
+        max_connections_per_ip=17,
+        http_header_timeout_s=7.5,
+        ws_handshake_timeout_s=4.0,
+        gateway_queue_frames=99,
+        gateway_queue_bytes=123_456,
+        cors_origins="https://b.example https://a.example",
+        sqlite_synchronous="normal",
+    )
+    try:
+        async with daemon.http() as client:
+            root = await admin_user(client)
+            assert (await elevate(client, root)).status_code == 200
+            settings = (await client.get("/api/v1/admin/settings", headers=root.h)).json()
+    finally:
+        daemon.stop.set()
+    limits = settings["limits"]
+    assert limits["max_connections"] == 321 and limits["max_connections_per_ip"] == 17
+    assert limits["http_header_timeout_s"] == 7.5 and limits["ws_handshake_timeout_s"] == 4.0
+    assert limits["http_body_timeout_s"] == daemon.config.http_body_timeout_s
+    assert limits["http_keepalive_timeout_s"] == daemon.config.http_keepalive_timeout_s
+    assert limits["gateway_identify_timeout_s"] == daemon.config.gateway_identify_timeout_s
+    assert limits["gateway_queue_frames"] == 99 and limits["gateway_queue_bytes"] == 123_456
+    assert settings["transport"] == {"tls": False, "cors_origins": ["https://a.example", "https://b.example"]}
+    assert settings["storage"] == {"sqlite_synchronous": "normal"}
+    # Read-only: no key file path or content, no secret is part of the answer.
+    text = json.dumps(settings)
+    assert "tls_cert" not in text and "tls_key" not in text and "secret" not in text
+
+
+async def test_settings_say_tls_is_on(nursery: trio.Nursery, tmp_path: Path) -> None:
+    daemon = await start_daemon(nursery, tmp_path, tls_self_signed=True)
+    try:
+        verify = ssl.create_default_context(cafile=str(daemon.config.data_dir / "keys" / "tls_cert.pem"))
+        async with httpx.AsyncClient(base_url=daemon.rest, verify=verify, timeout=10) as client:
+            root = await admin_user(client)
+            assert (await elevate(client, root)).status_code == 200
+            settings = (await client.get("/api/v1/admin/settings", headers=root.h)).json()
+    finally:
+        daemon.stop.set()
+    assert settings["transport"]["tls"] is True
+    assert str(daemon.config.data_dir) not in json.dumps(settings)
 
 
 async def test_admin_events_reach_elevated_admins(gd: Daemon) -> None:  # noqa: F811

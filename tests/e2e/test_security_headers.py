@@ -3,6 +3,8 @@ only over TLS, and CORS: off by default, exact origins when configured."""
 
 from __future__ import annotations
 
+import logging
+import re
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -224,5 +226,48 @@ async def test_cors_any_origin(nursery: trio.Nursery, tmp_path: Path) -> None:
             )
             assert pre.status_code == 204 and pre.headers["Access-Control-Allow-Origin"] == "*"
             assert "Access-Control-Allow-Credentials" not in pre.headers
+    finally:
+        await _stop(d)
+
+
+def _preflights_counted(metrics_text: str) -> float:
+    found = re.search(
+        r'^vox_http_requests_total\{method="OPTIONS",route="preflight",status="204"\} (\S+)$',
+        metrics_text,
+        re.M,
+    )
+    return 0.0 if found is None else float(found.group(1))
+
+
+async def test_preflights_are_logged_and_counted_once(cors: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="vox.access")
+    path = "/api/v1/guilds/preflighted"
+    async with cors.http() as http:
+        before = _preflights_counted((await http.get("/metrics")).text)
+        pre = await http.options(path, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+        assert pre.status_code == 204
+        with trio.fail_after(10):
+            while (after := _preflights_counted((await http.get("/metrics")).text)) == before:
+                await trio.sleep(0.05)
+    assert after == before + 1
+    lines = [
+        r for r in caplog.records if r.name == "vox.access" and getattr(r, "fields", {}).get("path") == path
+    ]
+    assert len(lines) == 1, [r.__dict__.get("fields") for r in lines]
+    assert lines[0].fields["method"] == "OPTIONS" and lines[0].fields["status"] == 204  # type: ignore[attr-defined]
+
+
+async def test_no_server_banner(plain: Daemon, nursery: trio.Nursery, tmp_path: Path) -> None:
+    async with plain.http() as http:
+        for r in (await http.get("/healthz"), await http.get("/api/v1/nothing-here")):
+            assert "server" not in r.headers, dict(r.headers)
+    d = await start_daemon(nursery, tmp_path / "tls", tls_self_signed=True)
+    try:
+        verify = ssl.create_default_context(cafile=str(d.config.data_dir / "keys" / "tls_cert.pem"))
+        for http2 in (False, True):
+            async with httpx.AsyncClient(base_url=d.rest, verify=verify, http2=http2, timeout=10) as http:
+                r = await http.get("/healthz")
+                assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+                assert r.status_code == 200 and "server" not in r.headers, dict(r.headers)
     finally:
         await _stop(d)

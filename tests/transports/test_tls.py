@@ -96,7 +96,7 @@ def test_expiring_self_signed_is_renewed(tmp_path: Path) -> None:
 
 def test_server_context_settings(tmp_path: Path) -> None:
     files = _pair(tmp_path, "srv", ("localhost", "127.0.0.1"))
-    context = tls.server_context(files, alpn=tls.REST_ALPN, listener="rest")
+    context = tls.server_context(files, alpn=tls.REST_ALPN)
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.maximum_version == ssl.TLSVersion.MAXIMUM_SUPPORTED
     assert context.options & ssl.OP_NO_COMPRESSION
@@ -109,13 +109,13 @@ def test_server_context_settings(tmp_path: Path) -> None:
 def test_server_context_refuses_a_bad_pair(tmp_path: Path) -> None:
     a, b = _pair(tmp_path, "a"), _pair(tmp_path, "b")
     with pytest.raises(ConfigError) as err:
-        tls.server_context(tls.CertFiles(a.cert, b.key), alpn=tls.GATEWAY_ALPN, listener="gateway")
+        tls.server_context(tls.CertFiles(a.cert, b.key), alpn=tls.GATEWAY_ALPN)
     assert err.value.key == "tls_cert"
 
 
 async def test_handshake_negotiates_alpn_and_tls13(tmp_path: Path) -> None:
     files = _pair(tmp_path, "srv", ("localhost", "127.0.0.1"))
-    server_ctx = tls.server_context(files, alpn=tls.REST_ALPN, listener="rest")
+    server_ctx = tls.server_context(files, alpn=tls.REST_ALPN)
     client_ctx = ssl.create_default_context(cafile=str(files.cert))
     client_ctx.set_alpn_protocols(["h2", "http/1.1"])
     listeners = await trio.open_ssl_over_tcp_listeners(0, server_ctx, host="127.0.0.1")

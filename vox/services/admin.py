@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from vox.config import Config
+from vox.config import Config, cors_origin_set
 from vox.errors import Forbidden, NotFound, ValidationError
 from vox.pubsub import Broker
 from vox.services.admin_events import publish_admin_event
@@ -141,7 +141,23 @@ class AdminService:
                 "max_gateway_connections": c.max_gateway_connections,
                 "max_one_time_keys": c.max_one_time_keys,
                 "voice_room_limit": c.voice_room_limit,
+                "max_connections": c.max_connections,
+                "max_connections_per_ip": c.max_connections_per_ip,
+                "http_header_timeout_s": c.http_header_timeout_s,
+                "http_body_timeout_s": c.http_body_timeout_s,
+                "http_keepalive_timeout_s": c.http_keepalive_timeout_s,
+                "ws_handshake_timeout_s": c.ws_handshake_timeout_s,
+                "gateway_identify_timeout_s": c.gateway_identify_timeout_s,
+                "gateway_queue_frames": c.gateway_queue_frames,
+                "gateway_queue_bytes": c.gateway_queue_bytes,
             },
+            # Whether TLS is on, never which files serve it: key paths are not an admin's business
+            # in a browser, and their contents never leave the daemon.
+            "transport": {
+                "tls": bool(c.tls_cert or c.tls_self_signed),
+                "cors_origins": sorted(cors_origin_set(c.cors_origins)),
+            },
+            "storage": {"sqlite_synchronous": c.sqlite_synchronous},
         }
 
     async def update_settings(self, who: Identity, changes: dict[str, Any], ip: str | None) -> dict[str, Any]:

@@ -100,7 +100,7 @@ async def serve_gateway(
 
 
 async def _serve_connections(ctx: Context, server: GatewayServer, task_status: trio.TaskStatus[int]) -> None:
-    ssl_context = tls.server_context(ctx.tls, alpn=tls.GATEWAY_ALPN, listener="gateway") if ctx.tls else None
+    ssl_context = tls.server_context(ctx.tls, alpn=tls.GATEWAY_ALPN) if ctx.tls else None
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as listener:
             ws_server = await listener.start(

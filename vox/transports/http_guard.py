@@ -5,9 +5,11 @@ also covers a connection that never sends anything) and never bounds a socket wr
 per TCP connection:
 
 - admission (vox.transports.limits): over ``max_connections`` or ``max_connections_per_ip`` the
-  request head is read (for at most the header timeout) and answered with 503 ``server_full``,
-  ``Retry-After`` and ``Connection: close``; a flood beyond the refusals in progress is closed at
-  once;
+  request (head) is read for at most the header timeout and answered with 503 ``server_full``,
+  over HTTP/1.1 or h2 (vox.transports.refusal); a flood beyond the refusals in progress is closed
+  at once;
+- the TLS handshake, completed before hypercorn sees the connection, so a failure is logged with
+  the client address (vox.transports.tls_failures);
 - a header deadline: a complete request head within ``http_header_timeout_s`` of connecting, or
   of the first byte after an idle keep-alive period, so dribbling a head byte by byte does not
   keep a connection;
@@ -24,21 +26,23 @@ reach it through the hypercorn config object of one daemon (``configure``), neve
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import math
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, cast
 
-import msgspec
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.events import Updated
 from hypercorn.trio import run as hypercorn_run
 
 from vox.transports import http_writes
+from vox.transports.http_headers import HeaderPolicy
 from vox.transports.limits import ListenerLimits, Verdict, peer_ip
+from vox.transports.refusal import refuse
+from vox.transports.tls import finish_handshake
+from vox.transports.tls_failures import HandshakeFailures
 
 if TYPE_CHECKING:
     from vox.context import Context
@@ -46,30 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["GuardedStream", "GuardedTCPServer", "RestGuard", "configure", "install"]
 
 _GUARD_ATTR = "vox_guard"
-# Most of a request head read before a refusal is answered (hypercorn's own limit is the same).
-_REFUSAL_HEAD_BYTES = 16 * 1024
-# A refused client gets this long after the answer to read it before the socket is closed.
-_REFUSAL_LINGER_S = 1.0
-REFUSAL_RETRY_AFTER_S = 5
 # A response write must move this much within the body timeout (a client at 2 KB/s keeps up).
 _WRITE_PIECE = 64 * 1024
-
-
-def _server_full_response() -> bytes:
-    body = msgspec.json.encode(
-        {"error": {"code": "server_full", "message": "too many connections; retry later"}}
-    )
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"Retry-After: {REFUSAL_RETRY_AFTER_S}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-SERVER_FULL_RESPONSE = _server_full_response()
 
 
 @dataclass(frozen=True)
@@ -80,16 +62,21 @@ class RestGuard:
     header_timeout_s: float
     body_timeout_s: float
     keepalive_timeout_s: float
+    headers: HeaderPolicy  # the refusal carries the listener's security headers
+    handshakes: HandshakeFailures  # this listener's TLS handshake-failure log
 
 
-def configure(cfg: HyperConfig, ctx: Context) -> RestGuard:
-    """Put the REST limits and timeouts of ``ctx.config`` on a hypercorn config."""
+def configure(cfg: HyperConfig, ctx: Context, headers: HeaderPolicy) -> RestGuard:
+    """Put the REST limits and timeouts of ``ctx.config`` on a hypercorn config; ``headers`` is
+    the listener's policy, for the answers written here rather than by the app."""
     c = ctx.config
     guard = RestGuard(
         limits=ctx.connections.listener("rest", total=c.max_connections, per_ip=c.max_connections_per_ip),
         header_timeout_s=c.http_header_timeout_s,
         body_timeout_s=c.http_body_timeout_s,
         keepalive_timeout_s=c.http_keepalive_timeout_s,
+        headers=headers,
+        handshakes=HandshakeFailures("rest"),
     )
     ctx.connections.export_to(ctx.metrics.registry)
     # hypercorn's idle timer stays as the fallback should the guard not be installed.
@@ -98,6 +85,8 @@ def configure(cfg: HyperConfig, ctx: Context) -> RestGuard:
     cfg.ssl_handshake_timeout = c.http_header_timeout_s
     # Connections are refused by the limits, not by a kernel queue overflowing under a burst.
     cfg.backlog = max(cfg.backlog, 1024)
+    # No "server: hypercorn-h11" banner: the software behind the API is not the client's business.
+    cfg.include_server_header = False
     setattr(cfg, _GUARD_ATTR, guard)
     return guard
 
@@ -195,13 +184,21 @@ class GuardedTCPServer(http_writes.CoalescingTCPServer):
         if ip is None:  # gone before it was served
             await trio.aclose_forcefully(self._raw)
             return
-        with self._guard.limits.hold(ip) as admission:
+        guard = self._guard
+        with guard.limits.hold(ip) as admission:
+            if admission.verdict is Verdict.DROP:
+                await trio.aclose_forcefully(self._raw)
+                return
+            # Here rather than in hypercorn, which would do it silently: a failure is logged with
+            # the client address, and a refusal needs the protocol ALPN chose. hypercorn's own
+            # call then finds the handshake done.
+            timeout = self.config.ssl_handshake_timeout
+            if not await finish_handshake(self._raw, timeout, failures=guard.handshakes, peer=ip):
+                return
             if admission.verdict is Verdict.ADMIT:
                 await super().run()
-            elif admission.verdict is Verdict.REFUSE:
-                await refuse(self._raw, self._guard.header_timeout_s)
             else:
-                await trio.aclose_forcefully(self._raw)
+                await refuse(self._raw, guard.headers, guard.header_timeout_s)
 
     async def _read_data(self) -> None:
         await super()._read_data()
@@ -223,29 +220,6 @@ class GuardedTCPServer(http_writes.CoalescingTCPServer):
             else:
                 self._guarded.request_started()
         await super().protocol_send(event)
-
-
-async def refuse(stream: Any, head_timeout_s: float) -> None:
-    """Answer 503 server_full after the request head (or the timeout), then close."""
-    errors = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError)
-    with contextlib.suppress(*errors):
-        with trio.move_on_after(head_timeout_s):
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < _REFUSAL_HEAD_BYTES:
-                data = await stream.receive_some(4096)
-                if not data:
-                    break
-                head += data
-        with trio.move_on_after(head_timeout_s):
-            await stream.send_all(SERVER_FULL_RESPONSE)
-            # Half-close and read what is left, so unread request bytes do not turn the close
-            # into a reset that could destroy the answer before the client read it.
-            with contextlib.suppress(AttributeError):
-                await stream.send_eof()
-            with trio.move_on_after(_REFUSAL_LINGER_S):
-                while await stream.receive_some(4096):
-                    pass
-    await trio.aclose_forcefully(stream)
 
 
 def install() -> bool:

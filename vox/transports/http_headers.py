@@ -30,7 +30,7 @@ from typing import Any
 
 from vox.config import Config, cors_origin_set
 
-__all__ = ["HeaderPolicy", "SecurityHeaders", "with_security_headers"]
+__all__ = ["PREFLIGHT_ROUTE", "HeaderPolicy", "SecurityHeaders", "with_security_headers"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,6 +47,7 @@ CORS_EXPOSE = (
     b"Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-RateLimit-Reset-After"
 )
 CORS_MAX_AGE_S = 600
+PREFLIGHT_ROUTE = "preflight"
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ class SecurityHeaders:
             and scope.get("method") == "OPTIONS"
             and _header(scope, b"access-control-request-method") is not None
         ):
+            # The route label of the request metrics and access log (vox.transports.rest).
+            scope["vox.route"] = PREFLIGHT_ROUTE
             await self._preflight(allow, send)
             return
         cors: Headers = []

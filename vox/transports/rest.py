@@ -149,7 +149,7 @@ def create_app(ctx: Context) -> QuartTrio:
 class ObservedApp:
     """ASGI wrapper: one access-log line and metrics per request, whatever the outcome."""
 
-    def __init__(self, app: QuartTrio | BodyDeadline, ctx: Context) -> None:
+    def __init__(self, app: QuartTrio | BodyDeadline | SecurityHeaders, ctx: Context) -> None:
         # Typed loosely: Quart's ASGI signature uses TypedDict scopes this wrapper does not build.
         self.app: Callable[[Scope, Receive, Send], Awaitable[None]] = cast(Any, app)
         self.metrics = ctx.metrics
@@ -192,17 +192,19 @@ class ObservedApp:
 
 async def serve_rest(ctx: Context, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve REST until ``ctx.draining`` is set, then let in-flight requests finish (up to the grace)."""
-    tls_context = tls.server_context(ctx.tls, alpn=tls.REST_ALPN, listener="rest") if ctx.tls else None
+    tls_context = tls.server_context(ctx.tls, alpn=tls.REST_ALPN) if ctx.tls else None
     cfg = tls.hypercorn_config(tls_context)
     host = ctx.config.host
     cfg.bind = [f"[{host}]:{ctx.config.rest_port}" if ":" in host else f"{host}:{ctx.config.rest_port}"]
     cfg.graceful_timeout = ctx.config.shutdown_grace_s
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
-    http_guard.configure(cfg, ctx)
     policy = HeaderPolicy.from_config(ctx.config, tls=tls_context is not None)
-    app = SecurityHeaders(
-        ObservedApp(BodyDeadline(create_app(ctx), ctx.config.http_body_timeout_s), ctx), policy
+    http_guard.configure(cfg, ctx, policy)
+    # Observed outermost, so the answers the header layer gives itself (CORS preflights) are
+    # logged and counted like any other request, once.
+    app = ObservedApp(
+        SecurityHeaders(BodyDeadline(create_app(ctx), ctx.config.http_body_timeout_s), policy), ctx
     )
     http_guard.install()
 

@@ -12,10 +12,12 @@
 
 ``server_context`` builds the context REST and the gateway serve with: TLS 1.2 at least, 1.3
 whenever the client offers it (OpenSSL picks the highest common version), forward-secret AEAD
-suites only for 1.2, no compression, no renegotiation. A failed handshake (plaintext sent to the
-TLS port, an old protocol version, an untrusted certificate on the client's side) is one log line
-at info with OpenSSL's reason; the connection is closed at once (REST: the hypercorn connection
-class of vox.transports.http_writes; gateway: ``finish_handshake``) and the listener goes on.
+suites only for 1.2, no compression, no renegotiation. Both listeners complete the handshake with
+``finish_handshake`` before any protocol reads (REST: vox.transports.http_guard; gateway:
+vox.transports.ws_guard). A failed one (plaintext sent to the TLS port, an old protocol version,
+an untrusted certificate on the client's side) is one rate-limited log line at info with the
+client address and OpenSSL's reason (vox.transports.tls_failures); the connection is closed at
+once and the listener goes on.
 
 QUIC media (always TLS 1.3) uses ``media_cert_file`` when set, else these files, else its own
 self-signed certificate (vox.transports.quic.ensure_certificate).
@@ -41,6 +43,7 @@ from hypercorn.config import Config as HyperConfig
 
 from vox.config import Config
 from vox.errors import ConfigError
+from vox.transports.tls_failures import HandshakeFailures, failure_reason
 
 __all__ = [
     "GATEWAY_ALPN",
@@ -114,8 +117,8 @@ def check_pair(files: CertFiles, *, cert_key: str, key_key: str) -> None:
         raise ConfigError(key_key, f"{str(files.key)!r} is not the key of {str(files.cert)!r}")
 
 
-def server_context(files: CertFiles, *, alpn: Sequence[str], listener: str) -> ssl.SSLContext:
-    """A server context for ``files``; ``listener`` names it in handshake failure log lines."""
+def server_context(files: CertFiles, *, alpn: Sequence[str]) -> ssl.SSLContext:
+    """A server context for ``files`` offering the ``alpn`` protocols."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -125,13 +128,19 @@ def server_context(files: CertFiles, *, alpn: Sequence[str], listener: str) -> s
         context.load_cert_chain(files.cert, files.key)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("tls_cert", f"cannot load the certificate: {exc}") from None
-    context.sslobject_class = _logging_ssl_object(listener)
     return context
 
 
-async def finish_handshake(stream: trio.abc.Stream, timeout_s: float) -> bool:
+async def finish_handshake(
+    stream: trio.abc.Stream,
+    timeout_s: float,
+    *,
+    failures: HandshakeFailures | None = None,
+    peer: str | None = None,
+) -> bool:
     """Complete a TLS stream's handshake before the protocol on top reads from it; False (the
-    stream closed) when it fails or takes longer than ``timeout_s``. A plain stream passes.
+    stream closed) when it fails or takes longer than ``timeout_s``. A plain stream passes. A
+    failure with a TLS reason is reported to ``failures`` with the client address ``peer``.
 
     trio-websocket starts by reading the upgrade request and, when TLS under it fails, waits for
     a request that can no longer come until its connect timeout, holding the socket and leaving
@@ -141,8 +150,11 @@ async def finish_handshake(stream: trio.abc.Stream, timeout_s: float) -> bool:
     try:
         with trio.fail_after(timeout_s):
             await stream.do_handshake()
-    except (trio.BrokenResourceError, trio.TooSlowError):
-        await trio.aclose_forcefully(stream)  # the reason was logged by the context
+    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+        await trio.aclose_forcefully(stream)
+        reason = failure_reason(exc)
+        if failures is not None and reason is not None:
+            failures.failed(peer, reason)
         return False
     return True
 
@@ -164,23 +176,6 @@ class _HyperConfigTLS(HyperConfig):
 def hypercorn_config(context: ssl.SSLContext | None) -> HyperConfig:
     """A hypercorn Config serving ``context`` (plaintext when None)."""
     return HyperConfig() if context is None else _HyperConfigTLS(context)
-
-
-def _logging_ssl_object(listener: str) -> type[ssl.SSLObject]:
-    # trio's SSLStream drives an SSLObject made by the context (wrap_bio), for hypercorn and
-    # trio-websocket alike: the one place that sees every handshake failure with its reason.
-    class LoggingSSLObject(ssl.SSLObject):
-        def do_handshake(self) -> None:
-            try:
-                super().do_handshake()
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                raise
-            except ssl.SSLError as exc:
-                fields = {"listener": listener, "reason": exc.reason or exc.__class__.__name__}
-                log.info("tls handshake failed", extra={"fields": fields})
-                raise
-
-    return LoggingSSLObject
 
 
 # -- self-signed certificates -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from vox.metrics import Metrics
 from vox.protocol.gateway import SUBPROTOCOL, CloseCode, token_from_subprotocols
 from vox.transports.limits import ListenerLimits, Verdict, peer_ip
 from vox.transports.tls import finish_handshake
+from vox.transports.tls_failures import HandshakeFailures
 
 __all__ = ["DISCONNECT_TIMEOUT_S", "MESSAGE_QUEUE", "refuse_server_full", "serve_guarded_websocket"]
 
@@ -78,6 +79,7 @@ async def serve_guarded_websocket(
         "disconnect_timeout": disconnect_timeout,
     }
     server = WebSocketServer(handler, listeners, **options)
+    failures = HandshakeFailures(limits.name)
     refuser = WebSocketServer(refuse, listeners, **options)
 
     async def serve_one(stream: trio.abc.Stream) -> None:
@@ -86,7 +88,9 @@ async def serve_guarded_websocket(
             await trio.aclose_forcefully(stream)
             return
         with limits.hold(ip) as admission:
-            if admission.verdict is not Verdict.DROP and not await finish_handshake(stream, connect_timeout):
+            if admission.verdict is not Verdict.DROP and not await finish_handshake(
+                stream, connect_timeout, failures=failures, peer=ip
+            ):
                 return
             if admission.verdict is Verdict.ADMIT:
                 await server._handle_connection(stream)
