@@ -117,6 +117,8 @@ class Config:
     federation_rate: int = 600
     federation_retry_max_s: float = 60.0
     federation_timeout_s: float = 10.0
+    federation_batch_max: int = 100
+    federation_batch_bytes: int = 262_144
 
     @property
     def resolved_database_url(self) -> str:
@@ -277,6 +279,11 @@ def _domain_list(value: str) -> str | None:
 
 def domain_set(value: str) -> frozenset[str]:
     return frozenset(value.replace(",", " ").split())
+
+
+def _federation_batch_max(value: int) -> str | None:
+    # 1000: what a receiver takes in one inbox request (vox.protocol.federation_inbox).
+    return None if 1 <= value <= 1000 else "must be between 1 and 1000"
 
 
 def _federation_peers(value: str) -> str | None:
@@ -675,6 +682,18 @@ FIELDS: tuple[Field, ...] = (
         _positive,
     ),
     Field("federation_timeout_s", float, "Timeout of each request to a peer server.", _positive),
+    Field(
+        "federation_batch_max",
+        int,
+        "Most outbox rows sent to one peer in one inbox request (1: one row per request), 1 to 1000.",
+        _federation_batch_max,
+    ),
+    Field(
+        "federation_batch_bytes",
+        int,
+        "Kind and payload characters one inbox request carries at most (a single row may exceed it).",
+        _positive,
+    ),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 

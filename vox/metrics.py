@@ -126,6 +126,33 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Federation (docs/federation.md): labelled by peer domain, a bounded set (verified peers).
+        self.federation_outbox_pending = Gauge(
+            "vox_federation_outbox_pending",
+            "Outbox rows waiting for delivery, by destination (as the delivery worker last saw them).",
+            ["destination"],
+            registry=self.registry,
+        )
+        self.federation_deliveries = Counter(
+            "vox_federation_deliveries_total",
+            "Outbox rows a peer acknowledged (processed or finally refused), by destination.",
+            ["destination"],
+            registry=self.registry,
+        )
+        self.federation_delivery_failures = Counter(
+            "vox_federation_delivery_failures_total",
+            "Delivery attempts that left rows queued for a retry, by destination.",
+            ["destination"],
+            registry=self.registry,
+        )
+        self.federation_inbox_items = Counter(
+            "vox_federation_inbox_items_total",
+            "Inbox deliveries received, by origin and outcome "
+            "(ok, duplicate, refused, unknown_kind, failed, in_progress).",
+            ["origin", "outcome"],
+            registry=self.registry,
+        )
+
         self.media = MediaCollector()
         self.registry.register(self.media)
 

@@ -92,7 +92,10 @@ async def key() -> dict[str, str]:
 
 
 @bp.post("/inbox")
-@documented("Deliver one outbox entry from a peer server (signed server-to-server request)", auth=False)
+@documented(
+    "Deliver outbox entries from a peer server, one or a batch (signed server-to-server request)",
+    auth=False,
+)
 async def inbox() -> dict[str, Any]:
     origin, raw = await signed_request()
     # Decoded loosely: the service names the fields a well-signed but malformed envelope lacks.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 from quart import Blueprint, Response
@@ -11,6 +12,7 @@ from vox.api import ctx
 from vox.api.spec import documented
 from vox.errors import VoxError
 from vox.protocol.gateway import PROTOCOL_VERSION
+from vox.services.federation import OutboxState
 
 bp = Blueprint("ops", __name__)
 log = logging.getLogger("vox.health")
@@ -30,13 +32,13 @@ async def _check(name: str, probe: object) -> str:
 
 @bp.get("/healthz")
 @documented("Health of the daemon and its backends", auth=False, ok=(200, 503))
-async def healthz() -> tuple[dict[str, str], int]:
+async def healthz() -> tuple[dict[str, object], int]:
     c = ctx()
     storage = await _check("storage", c.store.ping())
     pubsub = await _check("pubsub", c.broker.ping())
     blobs = await _check("blobs", c.blobs.ping())
     healthy = storage == pubsub == blobs == "ok"
-    body = {
+    body: dict[str, object] = {
         "status": "ok" if healthy else "degraded",
         "storage": storage,
         "pubsub": pubsub,
@@ -44,7 +46,19 @@ async def healthz() -> tuple[dict[str, str], int]:
         "storage_backend": c.store.engine.dialect,
         "pubsub_backend": "redis" if c.config.redis_url else "memory",
     }
+    if c.federation is not None:
+        # What the delivery worker last saw (no query here); a backlog is not ill health.
+        body["federation_outbox"] = federation_outbox(c.federation.outbox_state, time.time_ns() // 1_000_000)
     return body, 200 if healthy else 503
+
+
+def federation_outbox(state: OutboxState, now_ms: int) -> dict[str, object]:
+    oldest = (now_ms - state.oldest_created_at) / 1000 if state.oldest_created_at else 0.0
+    return {
+        "pending": state.pending,
+        "oldest_age_s": round(max(oldest, 0.0), 3),
+        "checked_age_s": round((now_ms - state.checked_at) / 1000, 3) if state.checked_at else None,
+    }
 
 
 @bp.get("/metrics")

@@ -167,7 +167,7 @@ async def run_daemon(
             # Server-to-server federation: its HTTP client closes after the listeners and the
             # outbox worker; features register their inbox handlers on ctx.federation here.
             ctx.federation = await stack.enter_async_context(
-                open_federation(config, keys.federation_key, store.federation, ephemeral)
+                open_federation(config, keys.federation_key, store.federation, ephemeral, ctx.metrics)
             )
             # Remote users, federated DMs, presence, key claims, vouchers and guests.
             Federated.attach(ctx)

@@ -19,12 +19,14 @@ API (what features built on federation use):
   ``PeerUnavailable`` for a backoff that doubles.
 - ``await enqueue(domain, kind, payload) -> int``: durable, ordered, at-least-once delivery; returns
   the outbox id once the row is committed. The delivery worker POSTs
-  ``/api/v1/federation/inbox`` ``{"id", "kind", "payload"}`` and retries with backoff until the
-  peer acknowledges; rows are never dropped for age.
+  ``/api/v1/federation/inbox`` a batch of a destination's oldest rows (vox.protocol.federation_inbox;
+  one row alone goes as ``{"id", "kind", "payload"}``), deletes what the peer acknowledged and
+  retries the rest with backoff; rows are never dropped for age.
 - ``on(kind, handler)``: register ``async handler(origin: str, payload: dict) -> None`` for
-  inbox deliveries of ``kind``. The receiver answers 200 once the handler returned (or raised an
-  ``APIError``: a refusal about the content is final, reported in the 200 body and not
-  retried); any other exception answers 503 and the sender retries. Deliveries are deduplicated
+  inbox deliveries of ``kind``. The receiver runs a batch's handlers in order and counts a row
+  acknowledged once its handler returned (or raised an ``APIError``: a refusal about the content
+  is final, reported in the 200 body and not retried); any other exception stops the batch there
+  (503 when it was the first row) and the sender retries from that row. Deliveries are deduplicated
   by (origin, outbox id), so a handler runs once per delivery in all but a crash between the
   handler and the dedup record; handlers that must be exactly-once also dedup on their own keys.
 - ``await verify_inbound(headers, method=, path=, body=, client=) -> origin``: for federation
@@ -66,13 +68,16 @@ from vox.errors import (
     RateLimited,
     ValidationError,
 )
+from vox.metrics import Metrics
 from vox.protocol import federation as proto
+from vox.protocol import federation_inbox as inbox
 from vox.protocol.federation import Headers
+from vox.protocol.federation_inbox import InboxItem
 from vox.services.federation_peers import Peer, PeerDirectory, parse_static_peers
 from vox.services.ratelimit import Limit, RateLimiter
-from vox.storage.federation import FederationStore, OutboxRow
+from vox.storage.federation import FederationStore, OutboxHead, OutboxRow
 
-__all__ = ["Federation", "InboxHandler", "open_federation"]
+__all__ = ["Federation", "InboxHandler", "OutboxState", "open_federation"]
 
 log = logging.getLogger("vox.federation")
 
@@ -89,11 +94,23 @@ POLL_S = 5.0
 # The inbox remembers processed deliveries this long; a sender retries only until acknowledged.
 SEEN_RETENTION_MS = 7 * 86_400_000
 PRUNE_EVERY_S = 3600.0
-_KIND_CHARS = 64
+_KIND_CHARS = inbox.KIND_CHARS
+# Room in a request body for the batch envelope around the rows' kinds and payloads.
+_ENVELOPE_CHARS = 1024
+_ROW_ENVELOPE_CHARS = 64
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxState:
+    """What the worker last saw of the outbox (for /healthz, which must not query it)."""
+
+    pending: int = 0
+    oldest_created_at: int = 0  # unix ms; 0 when nothing is pending
+    checked_at: int = 0  # unix ms of the worker's last look; 0 before the first
 
 
 @dataclass
@@ -111,8 +128,10 @@ class Federation:
         ephemeral: Ephemeral,
         directory: PeerDirectory,
         http: httpx.AsyncClient,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
         self.server_name = config.server_name
         self.key = key
         self.public_key_b64 = proto.public_key_b64(key)
@@ -126,7 +145,13 @@ class Federation:
         self.timeout_s = config.federation_timeout_s
         self.retry_max_s = config.federation_retry_max_s
         # Peers are assumed to take bodies as large as ours do; the envelope takes a little.
-        self.max_payload_chars = config.max_request_bytes - 1024
+        self.max_payload_chars = config.max_request_bytes - _ENVELOPE_CHARS
+        self.batch_max = config.federation_batch_max
+        rows_room = self.max_payload_chars - self.batch_max * _ROW_ENVELOPE_CHARS
+        self.batch_bytes = max(min(config.federation_batch_bytes, rows_room), 1)
+        # Peers that refused a batch (an older version, a smaller body limit): one row at a time.
+        self._single_only: set[str] = set()
+        self.outbox_state = OutboxState()
         per_minute = Limit(config.federation_rate, 60.0)
         self.limiter = RateLimiter(ephemeral, {"federation": per_minute, "federation_failures": per_minute})
         self.handlers: dict[str, InboxHandler] = {}
@@ -135,6 +160,8 @@ class Federation:
         self._wake = trio.Event()
         self._delivering: set[str] = set()
         self._throttles: dict[str, _Throttle] = {}
+        # Destinations the pending gauge has a value for (set back to 0 once emptied).
+        self._gauged: set[str] = set()
 
     # -- identity and peers --------------------------------------------------------------------
 
@@ -268,6 +295,7 @@ class Federation:
         if len(text) > self.max_payload_chars:
             raise PayloadTooLarge("too large to send to another server")
         row_id = await self.store.enqueue(domain, kind, text, _now_ms())
+        self.metrics.federation_outbox_pending.labels(domain).inc()
         self._wake.set()
         return row_id
 
@@ -290,6 +318,8 @@ class Federation:
                 except Exception:
                     log.exception("federation outbox unreadable; retrying")
                     heads = []
+                else:
+                    self._observe(heads)
                 now = _now_ms()
                 for head in heads:
                     if head.destination in self._delivering:
@@ -303,39 +333,71 @@ class Federation:
                 with trio.move_on_after(max(wait_s, 0.05)):
                     await self._wake.wait()
 
+    def _observe(self, heads: list[OutboxHead]) -> None:
+        """Bring the pending gauge and the /healthz snapshot up to date with the worker's look."""
+        gauge = self.metrics.federation_outbox_pending
+        current = {h.destination for h in heads}
+        for gone in self._gauged - current:
+            gauge.labels(gone).set(0)
+        for head in heads:
+            gauge.labels(head.destination).set(head.pending)
+        self._gauged = current | self._gauged
+        self.outbox_state = OutboxState(
+            pending=sum(h.pending for h in heads),
+            oldest_created_at=min((h.created_at for h in heads), default=0),
+            checked_at=_now_ms(),
+        )
+
     @staticmethod
     async def _stop_on(draining: trio.Event, scope: trio.CancelScope) -> None:
         await draining.wait()
         scope.cancel()
 
+    def _batch_limit(self, destination: str) -> int:
+        return 1 if destination in self._single_only else self.batch_max
+
     async def _deliver_destination(self, destination: str) -> None:
-        """Deliver one destination's rows in order until it is empty or its head fails."""
+        """Deliver one destination's rows in order, a batch per request, until it is empty or a
+        request fails."""
         lease_ms = int((self.timeout_s * 3 + 5) * 1000)
-        row: OutboxRow | None = None
+        # Rows of this destination this task holds leases on (claimed, not deleted nor released).
+        batch: list[OutboxRow] = []
         try:
             while True:
-                row = await self.store.claim_head(destination, self.owner, _now_ms(), lease_ms)
-                if row is None:
+                batch = await self.store.claim_batch(
+                    destination,
+                    self.owner,
+                    _now_ms(),
+                    lease_ms,
+                    limit=self._batch_limit(destination),
+                    max_bytes=self.batch_bytes,
+                )
+                if not batch:
                     return
-                error = await self._deliver(row)
+                accepted, error = await self._deliver(destination, batch)
+                if accepted:
+                    await self.store.delivered(destination, batch[0].id, batch[accepted - 1].id, self.owner)
+                    self.metrics.federation_deliveries.labels(destination).inc(accepted)
+                    self.metrics.federation_outbox_pending.labels(destination).dec(accepted)
+                    batch = batch[accepted:]
                 if error is None:
-                    await self.store.delivered(row.id, self.owner)
-                    row = None
                     continue
-                delay = self._backoff(row.attempts + 1)
+                head = batch[0]
+                delay = self._backoff(head.attempts + 1)
                 if error.retry_after_s:
                     delay = max(delay, min(error.retry_after_s, self.retry_max_s))
                 attempts = await self.store.failed(
-                    row.id, self.owner, _now_ms() + int(delay * 1000), error.reason
+                    destination, head.id, self.owner, _now_ms() + int(delay * 1000), error.reason
                 )
-                failed, row = row, None
+                batch = []
+                self.metrics.federation_delivery_failures.labels(destination).inc()
                 log.warning(
                     "federation delivery failed; will retry",
                     extra={
                         "fields": {
                             "peer": destination,
-                            "outbox_id": failed.id,
-                            "kind": failed.kind,
+                            "outbox_id": head.id,
+                            "kind": head.kind,
                             "attempts": attempts,
                             "retry_in_s": delay,
                             "error": error.reason,
@@ -345,64 +407,98 @@ class Federation:
                 return
         except Exception:
             log.exception("federation delivery crashed", extra={"fields": {"peer": destination}})
-            if row is not None:
+            if batch:
                 # Backed off like a failed attempt, so a row that crashes every time cannot
                 # spin the worker.
-                crashed, row = row, None
+                crashed, batch = batch[0], []
+                self.metrics.federation_delivery_failures.labels(destination).inc()
                 with contextlib.suppress(Exception):
                     next_at = _now_ms() + int(self._backoff(crashed.attempts + 1) * 1000)
-                    await self.store.failed(crashed.id, self.owner, next_at, "delivery crashed")
+                    await self.store.failed(destination, crashed.id, self.owner, next_at, "delivery crashed")
         finally:
-            if row is not None:
-                # Cut off mid-delivery (shutdown): hand the row back now rather than letting its
-                # lease run out, so the next daemon to look delivers it at once.
+            if batch:
+                # Cut off mid-delivery (shutdown): hand the rows back now rather than letting the
+                # lease run out, so the next daemon to look delivers them at once.
                 with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                    await self.store.release(row.id, self.owner)
+                    await self.store.release(destination, self.owner)
             self._delivering.discard(destination)
             # The worker recomputes when this destination is next due.
             self._wake.set()
 
-    async def _deliver(self, row: OutboxRow) -> _Failure | None:
-        """One delivery attempt; None when the peer acknowledged (or finally refused) the row."""
-        if not self.allows(row.destination):
+    async def _deliver(self, destination: str, batch: list[OutboxRow]) -> tuple[int, _Failure | None]:
+        """One delivery attempt of a batch: how many leading rows the peer acknowledged (or
+        finally refused), and why it stopped there, if it did."""
+        if not self.allows(destination):
             # Policy changed after it was queued: keep it, the policy may change back.
-            return _Failure("refused by our own federation policy")
+            return 0, _Failure("refused by our own federation policy")
+        items = [InboxItem(r.id, r.kind, json.loads(r.payload)) for r in batch]
+        # One row goes in the envelope every version takes; a batch only to peers that take it.
+        body = (
+            inbox.single_envelope(items[0].id, items[0].kind, items[0].payload)
+            if len(items) == 1
+            else (inbox.batch_envelope(items))
+        )
         try:
-            peer = await self.resolve(row.destination)
-            body = {"id": row.id, "kind": row.kind, "payload": json.loads(row.payload)}
+            peer = await self.resolve(destination)
             status, data = await self._send(peer, "POST", INBOX_PATH, body)
         except PeerUnavailable as exc:
-            return _Failure(exc.message)
+            return 0, _Failure(exc.message)
         if 200 <= status < 300:
-            if isinstance(data, dict) and isinstance(data.get("error"), dict):
-                log.error(
-                    "peer refused a federation delivery",
-                    extra={
-                        "fields": {
-                            "peer": row.destination,
-                            "outbox_id": row.id,
-                            "kind": row.kind,
-                            "code": _error_code(data),
-                        }
-                    },
+            if len(items) == 1:
+                self._log_refusals(destination, items, [data])
+                return 1, None
+            accepted = inbox.accepted_count(data, [i.id for i in items])
+            if accepted is None:
+                return 0, _Failure(f"peer answered {status} without saying what it accepted")
+            assert isinstance(data, dict)
+            results = data.get("results")
+            self._log_refusals(destination, items[:accepted], results if isinstance(results, list) else [])
+            if accepted == len(items):
+                return accepted, None
+            stopped = data.get("stopped")
+            return accepted, _Failure(f"peer stopped the batch: {_error_code(stopped)}")
+        code = _error_code(data)
+        if status in (400, 413) and code in ("validation_error", "payload_too_large"):
+            if len(items) > 1:
+                # A peer of an older version (no batches) or with a smaller body limit: one row
+                # per request to it from now on, which every version takes.
+                self._single_only.add(destination)
+                log.warning(
+                    "peer refused a batch; sending it one row per request",
+                    extra={"fields": {"peer": destination, "rows": len(items), "code": code}},
                 )
-            return None
-        if status in (400, 413) and _error_code(data) in ("validation_error", "payload_too_large"):
+                return 0, None
             # The envelope itself is unacceptable: retrying cannot help and would block the queue.
             log.error(
                 "peer rejected a federation delivery as malformed; dropped",
-                extra={"fields": {"peer": row.destination, "outbox_id": row.id, "kind": row.kind}},
+                extra={"fields": {"peer": destination, "outbox_id": items[0].id, "kind": items[0].kind}},
             )
-            return None
+            return 1, None
         if status == 0 or status >= 500:
-            self._throttle(row.destination)
+            self._throttle(destination)
         retry_after_s = 0.0
         if status == 429 and isinstance(data, dict):
             err = data.get("error")
             if isinstance(err, dict) and isinstance(err.get("retry_after_ms"), int):
                 retry_after_s = err["retry_after_ms"] / 1000
-        code = "garbage" if status == 0 else _error_code(data)
-        return _Failure(f"peer answered {status} {code}", retry_after_s)
+        code = "garbage" if status == 0 else code
+        return 0, _Failure(f"peer answered {status} {code}", retry_after_s)
+
+    @staticmethod
+    def _log_refusals(destination: str, items: list[InboxItem], results: list[Any]) -> None:
+        for item, result in zip(items, results, strict=False):
+            if isinstance(result, dict) and isinstance(result.get("error"), dict):
+                log.error(
+                    "peer refused a federation delivery",
+                    extra={
+                        "fields": {
+                            "peer": destination,
+                            "outbox_id": item.id,
+                            "kind": item.kind,
+                            "code": _error_code(result),
+                        }
+                    },
+                )
 
     # -- the inbox -----------------------------------------------------------------------------
 
@@ -471,53 +567,92 @@ class Federation:
         await check(fresh=False)
 
     async def receive(self, origin: str, envelope: Any) -> dict[str, Any]:
-        """Process one inbox delivery from a verified ``origin``; the body to answer 200 with."""
-        if not isinstance(envelope, dict):
-            raise ValidationError("inbox body must be an object", {"body": "must be an object"})
-        outbox_id, kind, payload = envelope.get("id"), envelope.get("kind"), envelope.get("payload")
-        problems: dict[str, str] = {}
-        if type(outbox_id) is not int or outbox_id < 1:
-            problems["id"] = "must be a positive integer"
-        if not isinstance(kind, str) or not 0 < len(kind) <= _KIND_CHARS:
-            problems["kind"] = f"must be a string of 1 to {_KIND_CHARS} characters"
-        if not isinstance(payload, dict):
-            problems["payload"] = "must be an object"
-        if problems:
-            raise ValidationError("malformed inbox delivery", problems)
-        assert isinstance(outbox_id, int) and isinstance(kind, str) and isinstance(payload, dict)
-        if await self.store.seen(origin, outbox_id):
-            return {"ok": True, "duplicate": True}
-        handler = self.handlers.get(kind)
+        """Process an inbox delivery (one row or a batch) from a verified ``origin``; the body to
+        answer 200 with. Raises the error to answer when not even the first row was processed."""
+        items, is_batch = inbox.parse_envelope(envelope)
+        results, stopped = await self._process(origin, items)
+        if stopped is not None and not results:
+            raise stopped
+        if not is_batch:
+            answer = dict(results[0])
+            del answer["id"]
+            return answer
+        body: dict[str, Any] = {"ok": True, "accepted": results[-1]["id"], "results": results}
+        if stopped is not None:
+            body["stopped"] = {"id": items[len(results)].id, **stopped.body()}
+        return body
+
+    async def _process(
+        self, origin: str, items: list[InboxItem]
+    ) -> tuple[list[dict[str, Any]], APIError | None]:
+        """Run the handlers of ``items`` in order until one cannot be processed now; the answer
+        of each processed row, and the error that stopped the rest (if any).
+
+        Dedup records are written in one transaction at the end, and each row's lock is held
+        until then, so a second daemon of ours receiving the same retry runs no handler twice.
+        """
+        seen = await self.store.seen(origin, [i.id for i in items])
+        results: list[dict[str, Any]] = []
+        processed: list[int] = []
+        locks: list[tuple[str, bytes]] = []
+        stopped: APIError | None = None
+        count = self.metrics.federation_inbox_items
+        try:
+            for item in items:
+                if item.id in seen:
+                    results.append({"id": item.id, "ok": True, "duplicate": True})
+                    count.labels(origin, "duplicate").inc()
+                    continue
+                answer = await self._process_one(origin, item, locks)
+                if isinstance(answer, APIError):
+                    stopped = answer
+                    count.labels(origin, "in_progress" if isinstance(answer, _InProgress) else "failed").inc()
+                    break
+                outcome = "ok" if answer.get("ok") else str(answer["error"]["code"])
+                count.labels(origin, outcome if outcome in ("ok", "unknown_kind") else "refused").inc()
+                results.append({"id": item.id, **answer})
+                processed.append(item.id)
+                seen.add(item.id)
+            await self.store.mark_seen(origin, processed, _now_ms())
+        finally:
+            for lock, token in locks:
+                await self.ephemeral.delete_if_equal(lock, token)
+        return results, stopped
+
+    async def _process_one(
+        self, origin: str, item: InboxItem, locks: list[tuple[str, bytes]]
+    ) -> dict[str, Any] | APIError:
+        handler = self.handlers.get(item.kind)
         if handler is None:
             # Acknowledged, so a kind this server does not know never blocks the sender's queue.
-            log.warning("inbox delivery of an unknown kind", extra={"fields": {"peer": origin, "kind": kind}})
-            await self.store.mark_seen(origin, outbox_id, _now_ms())
-            return {"ok": False, "error": {"code": "unknown_kind", "message": f"no handler for {kind!r}"}}
+            log.warning(
+                "inbox delivery of an unknown kind", extra={"fields": {"peer": origin, "kind": item.kind}}
+            )
+            return {
+                "ok": False,
+                "error": {"code": "unknown_kind", "message": f"no handler for {item.kind!r}"},
+            }
         # Two daemons of ours may receive the same retry at once; only one runs the handler.
-        lock = f"fed:inbox:{origin}:{outbox_id}"
+        lock = f"fed:inbox:{origin}:{item.id}"
         token = secrets.token_bytes(8)
         if not await self.ephemeral.set_if_absent(lock, token, ttl_s=self.timeout_s * 3 + 5):
-            raise _InProgress("this delivery is being processed")
+            return _InProgress("this delivery is being processed")
+        locks.append((lock, token))
         try:
-            try:
-                await handler(origin, payload)
-                answer: dict[str, Any] = {"ok": True}
-            except APIError as exc:
-                # A refusal about the content (unknown user, not allowed): final, never retried.
-                log.warning(
-                    "inbox delivery refused",
-                    extra={"fields": {"peer": origin, "kind": kind, "code": exc.code}},
-                )
-                answer = {"ok": False, **exc.body()}
-            except Exception:
-                # Not the content's fault (a database hiccup, a bug): unacknowledged, so the
-                # sender keeps the row and retries it.
-                log.exception("inbox handler failed", extra={"fields": {"peer": origin, "kind": kind}})
-                raise _HandlerFailed("the delivery could not be processed; retry later") from None
-            await self.store.mark_seen(origin, outbox_id, _now_ms())
-            return answer
-        finally:
-            await self.ephemeral.delete_if_equal(lock, token)
+            await handler(origin, item.payload)
+        except APIError as exc:
+            # A refusal about the content (unknown user, not allowed): final, never retried.
+            log.warning(
+                "inbox delivery refused",
+                extra={"fields": {"peer": origin, "kind": item.kind, "code": exc.code}},
+            )
+            return {"ok": False, **exc.body()}
+        except Exception:
+            # Not the content's fault (a database hiccup, a bug): unacknowledged, so the sender
+            # keeps the row and retries it.
+            log.exception("inbox handler failed", extra={"fields": {"peer": origin, "kind": item.kind}})
+            return _HandlerFailed("the delivery could not be processed; retry later")
+        return {"ok": True}
 
     # -- vouchers ------------------------------------------------------------------------------
 
@@ -570,7 +705,11 @@ def _error_code(data: Any) -> str:
 
 @asynccontextmanager
 async def open_federation(
-    config: Config, key: Ed25519PrivateKey, store: FederationStore, ephemeral: Ephemeral
+    config: Config,
+    key: Ed25519PrivateKey,
+    store: FederationStore,
+    ephemeral: Ephemeral,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Federation]:
     """The Federation service with its HTTP client; the caller checks ``config.server_name``."""
     directory = PeerDirectory(
@@ -588,7 +727,7 @@ async def open_federation(
         trust_env=False,
         transport=httpx.AsyncHTTPTransport(retries=0),
     ) as http:
-        service = Federation(config, key, store, ephemeral, directory, http)
+        service = Federation(config, key, store, ephemeral, directory, http, metrics)
         log.info(
             "federation ready",
             extra={

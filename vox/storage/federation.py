@@ -1,11 +1,11 @@
 """Queries for federation: the durable outbox and the inbox's record of processed deliveries.
 
-The outbox is delivered per destination strictly in id order: only the oldest row of a
-destination (its head) is ever claimed, and a claim is a lease on that row (``lease_until``,
-``lease_owner``), taken by a conditional UPDATE so that of several daemons sharing the database
-exactly one delivers a destination at a time. A delivered row is deleted; a failed one gets its
-next attempt time and its lease back. Rows never expire: a peer that is down for days still gets
-everything, in order, when it returns.
+The outbox is delivered per destination strictly in id order: a claim starts at the oldest row
+of a destination (its head) and leases it with the rows right behind it (a batch), taken by a
+conditional UPDATE of the head (``lease_until``, ``lease_owner``) so that of several daemons
+sharing the database exactly one delivers a destination at a time. Delivered rows are deleted in
+one statement; on a failure the head gets its next attempt time and the leases are given back.
+Rows never expire: a peer that is down for days still gets everything, in order, when it returns.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class OutboxHead:
     next_attempt_at: int
     lease_until: int
     pending: int
+    created_at: int  # the head's, so the age of the oldest row owed to this destination
 
 
 class FederationStore:
@@ -59,7 +60,7 @@ class FederationStore:
     async def heads(self) -> list[OutboxHead]:
         def tx(c: Conn) -> list[OutboxHead]:
             rows = c.fetchall(
-                "SELECT o.destination, o.id, o.next_attempt_at, o.lease_until, h.pending"
+                "SELECT o.destination, o.id, o.next_attempt_at, o.lease_until, h.pending, o.created_at"
                 " FROM federation_outbox o JOIN ("
                 "   SELECT destination, MIN(id) AS head, COUNT(*) AS pending"
                 "   FROM federation_outbox GROUP BY destination"
@@ -72,16 +73,26 @@ class FederationStore:
                     int(r["next_attempt_at"]),
                     int(r["lease_until"]),
                     int(r["pending"]),
+                    int(r["created_at"]),
                 )
                 for r in rows
             ]
 
         return await self.engine.read(tx)
 
-    async def claim_head(self, destination: str, owner: str, now: int, lease_ms: int) -> OutboxRow | None:
-        """Lease the destination's oldest row if it is due and not leased by someone else."""
+    async def claim_batch(
+        self, destination: str, owner: str, now: int, lease_ms: int, *, limit: int, max_bytes: int
+    ) -> list[OutboxRow]:
+        """Lease the destination's oldest rows, at most ``limit`` of them and about ``max_bytes``
+        of kind and payload (the head always), in one transaction; [] when the head is not due
+        or someone else holds its lease.
 
-        def tx(c: Conn) -> OutboxRow | None:
+        The conditional UPDATE of the head is what makes one daemon of several the destination's
+        deliverer; the rows behind the head are leased with it so a second daemon that sees the
+        head leased leaves the whole batch alone.
+        """
+
+        def tx(c: Conn) -> list[OutboxRow]:
             params = {"destination": destination, "owner": owner, "now": now, "until": now + lease_ms}
             changed = c.execute(
                 "UPDATE federation_outbox SET lease_until = :until, lease_owner = :owner"
@@ -90,59 +101,74 @@ class FederationStore:
                 params,
             )
             if not changed:
-                return None
-            row = c.fetchone(
+                return []
+            found = c.fetchall(
                 "SELECT id, destination, kind, payload, created_at, attempts FROM federation_outbox"
-                " WHERE destination = :destination AND lease_owner = :owner ORDER BY id LIMIT 1",
-                params,
+                " WHERE destination = :destination ORDER BY id LIMIT :limit",
+                {**params, "limit": max(limit, 1)},
             )
-            if row is None:
-                return None
-            return OutboxRow(
-                int(row["id"]),
-                row["destination"],
-                row["kind"],
-                row["payload"],
-                int(row["created_at"]),
-                int(row["attempts"]),
+            batch: list[OutboxRow] = []
+            size = 0
+            for r in found:
+                size += len(r["kind"]) + len(r["payload"])
+                if batch and size > max_bytes:
+                    break
+                batch.append(
+                    OutboxRow(
+                        int(r["id"]),
+                        r["destination"],
+                        r["kind"],
+                        r["payload"],
+                        int(r["created_at"]),
+                        int(r["attempts"]),
+                    )
+                )
+            if len(batch) > 1:
+                c.execute(
+                    "UPDATE federation_outbox SET lease_until = :until, lease_owner = :owner"
+                    " WHERE destination = :destination AND id > :first AND id <= :last",
+                    {**params, "first": batch[0].id, "last": batch[-1].id},
+                )
+            return batch
+
+        return await self.engine.write(tx)
+
+    async def delivered(self, destination: str, first: int, last: int, owner: str) -> int:
+        """Delete the rows ``first``..``last`` of a batch this daemon leased, in one statement."""
+
+        def tx(c: Conn) -> int:
+            return c.execute(
+                "DELETE FROM federation_outbox WHERE destination = :destination"
+                " AND id >= :first AND id <= :last AND lease_owner = :owner",
+                {"destination": destination, "first": first, "last": last, "owner": owner},
             )
 
         return await self.engine.write(tx)
 
-    async def delivered(self, row_id: int, owner: str) -> None:
-        def tx(c: Conn) -> None:
-            c.execute(
-                "DELETE FROM federation_outbox WHERE id = :id AND lease_owner = :owner",
-                {"id": row_id, "owner": owner},
-            )
-
-        await self.engine.write(tx)
-
-    async def failed(self, row_id: int, owner: str, next_attempt_at: int, error: str) -> int:
-        """Record a failed attempt and release the lease; return the row's attempt count."""
+    async def failed(
+        self, destination: str, head_id: int, owner: str, next_attempt_at: int, error: str
+    ) -> int:
+        """Record a failed attempt on the head, release this daemon's leases on the destination;
+        return the head's attempt count."""
 
         def tx(c: Conn) -> int:
             c.execute(
                 "UPDATE federation_outbox SET attempts = attempts + 1, next_attempt_at = :next,"
-                " lease_until = 0, lease_owner = NULL, last_error = :error"
-                " WHERE id = :id AND lease_owner = :owner",
-                {"id": row_id, "owner": owner, "next": next_attempt_at, "error": error[:_ERROR_CHARS]},
+                " last_error = :error WHERE id = :id AND lease_owner = :owner",
+                {"id": head_id, "owner": owner, "next": next_attempt_at, "error": error[:_ERROR_CHARS]},
             )
+            _release(c, destination, owner)
             return int(
-                c.fetchval("SELECT attempts FROM federation_outbox WHERE id = :id", {"id": row_id}) or 0
+                c.fetchval("SELECT attempts FROM federation_outbox WHERE id = :id", {"id": head_id}) or 0
             )
 
         return await self.engine.write(tx)
 
-    async def release(self, row_id: int, owner: str) -> None:
-        """Give a lease back without counting an attempt (the daemon is shutting down)."""
+    async def release(self, destination: str, owner: str) -> None:
+        """Give this daemon's leases on a destination back without counting an attempt."""
 
         def tx(c: Conn) -> None:
-            c.execute(
-                "UPDATE federation_outbox SET lease_until = 0, lease_owner = NULL"
-                " WHERE id = :id AND lease_owner = :owner",
-                {"id": row_id, "owner": owner},
-            )
+            _release(c, destination, owner)
 
         await self.engine.write(tx)
 
@@ -157,24 +183,36 @@ class FederationStore:
 
         return await self.engine.read(tx)
 
-    async def seen(self, origin: str, outbox_id: int) -> bool:
-        def tx(c: Conn) -> bool:
-            return (
-                c.fetchval(
-                    "SELECT 1 FROM federation_inbox_seen WHERE origin = :origin AND outbox_id = :id",
-                    {"origin": origin, "id": outbox_id},
-                )
-                is not None
+    async def seen(self, origin: str, outbox_ids: list[int]) -> set[int]:
+        """Which of ``outbox_ids`` from ``origin`` were already processed (one query)."""
+        if not outbox_ids:
+            return set()
+
+        def tx(c: Conn) -> set[int]:
+            params: dict[str, object] = {"origin": origin}
+            names = []
+            for i, outbox_id in enumerate(outbox_ids):
+                params[f"i{i}"] = outbox_id
+                names.append(f":i{i}")
+            rows = c.fetchall(
+                "SELECT outbox_id FROM federation_inbox_seen WHERE origin = :origin"
+                f" AND outbox_id IN ({', '.join(names)})",
+                params,
             )
+            return {int(r["outbox_id"]) for r in rows}
 
         return await self.engine.read(tx)
 
-    async def mark_seen(self, origin: str, outbox_id: int, now: int) -> None:
+    async def mark_seen(self, origin: str, outbox_ids: list[int], now: int) -> None:
+        """Record deliveries as processed, all in one transaction."""
+        if not outbox_ids:
+            return
+
         def tx(c: Conn) -> None:
-            c.execute(
+            c.executemany(
                 "INSERT INTO federation_inbox_seen (origin, outbox_id, received_at)"
                 " VALUES (:origin, :id, :now) ON CONFLICT (origin, outbox_id) DO NOTHING",
-                {"origin": origin, "id": outbox_id, "now": now},
+                [{"origin": origin, "id": outbox_id, "now": now} for outbox_id in outbox_ids],
             )
 
         await self.engine.write(tx)
@@ -186,3 +224,11 @@ class FederationStore:
             )
 
         return await self.engine.write(tx)
+
+
+def _release(c: Conn, destination: str, owner: str) -> None:
+    c.execute(
+        "UPDATE federation_outbox SET lease_until = 0, lease_owner = NULL"
+        " WHERE destination = :destination AND lease_owner = :owner",
+        {"destination": destination, "owner": owner},
+    )
