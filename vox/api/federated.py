@@ -62,6 +62,13 @@ async def serve_devices() -> dict[str, Any]:
     return await federated().keys.serve_devices(decode(raw, dict[str, Any]))
 
 
+@bp.post("/federation/typing")
+@documented("A peer's user is typing in a DM with a user of this server (signed request)", auth=False)
+async def serve_typing() -> dict[str, Any]:
+    origin, raw = await signed_request()
+    return await federated().typing.receive(origin, decode(raw, dict[str, Any]))
+
+
 # -- called by clients --------------------------------------------------------------------------
 @bp.get("/federation/profiles/<address>")
 @documented("Look up a user of another server by name@domain (their home server answers)")

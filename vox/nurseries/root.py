@@ -177,6 +177,9 @@ async def run_daemon(
             if ctx.federation is not None:
                 # Delivers the durable outbox to peer servers; returns when draining.
                 await nursery.start(ctx.federation.run_delivery, ctx.draining)
+            if ctx.federated is not None:
+                # Best-effort typing notices to peers, and the expiry of remote typing.
+                await nursery.start(ctx.federated.typing.run, ctx.draining)
             rest_port = await nursery.start(serve_rest, ctx)
             gateway_port = await nursery.start(serve_gateway, ctx)
             media_port = await nursery.start(

@@ -424,6 +424,9 @@ class GatewaySession:
             return False
         self._typing_announced[channel_id] = now
         await self._publish_typing("typing_start", channel_id)
+        if channel_id in self.dms and self.ctx.federated is not None:
+            # To the other server of a federated DM, best effort and without waiting for it.
+            self.ctx.federated.typing.started(self.user_id, channel_id)
         return True
 
     async def stop_typing(self, channel_id: str) -> None:

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vox.errors import NotFound
+from vox.services.federated_dm_updates import FederatedDmUpdates
 from vox.services.federated_dms import FederatedDms
 from vox.services.federated_keys import FederatedKeys
+from vox.services.federated_typing import FederatedTyping
 from vox.services.guests import GuestService
 from vox.services.remote_users import RemoteDirectory, remote_user_object
 from vox.services.users import public_user
 from vox.storage.accounts import Accounts
+from vox.storage.federated_updates import FederatedUpdates
 from vox.storage.remote_users import RemoteUsers
 
 if TYPE_CHECKING:
@@ -31,6 +34,9 @@ __all__ = ["Federated"]
 class Federated:
     directory: RemoteDirectory
     dms: FederatedDms
+    # Edits, deletions, reactions and the attachment rule of federated DMs; typing in them.
+    updates: FederatedDmUpdates
+    typing: FederatedTyping
     keys: FederatedKeys
     guests: GuestService
     accounts: Accounts
@@ -54,10 +60,23 @@ class Federated:
         ctx.dms.remote = dms
         ctx.messages.relay_dm = dms.relay_message
         ctx.presence.relay = dms.relay_presence
+        mapping = FederatedUpdates(ctx.store.engine)
+        updates = FederatedDmUpdates(dms, mapping, ctx.store.messages, ctx.broker)
+        updates.register()
+        ctx.messages.dm_relay = updates
+        typing = FederatedTyping(dms, mapping, ctx.broker)
         keys = FederatedKeys(federation, users, ctx.keys)
         ctx.keys.remote = keys
         guests = GuestService(federation, directory, users, ctx.auth)
-        federated = cls(directory=directory, dms=dms, keys=keys, guests=guests, accounts=ctx.store.accounts)
+        federated = cls(
+            directory=directory,
+            dms=dms,
+            updates=updates,
+            typing=typing,
+            keys=keys,
+            guests=guests,
+            accounts=ctx.store.accounts,
+        )
         ctx.federated = federated
         return federated
 

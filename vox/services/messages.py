@@ -7,7 +7,8 @@ import json
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from vox.errors import Forbidden, NotFound, ValidationError
 from vox.protocol.gateway import encode_event, envelope
@@ -90,6 +91,25 @@ def render(row: Row, files: list[Row] | None = None, reactions: list[Row] | None
     }
 
 
+@dataclass(frozen=True, slots=True)
+class DmChange:
+    """An edit, deletion or reaction in a DM, for federation to pass on (docs/federation.md)."""
+
+    kind: str  # "edit", "delete" or "reaction"
+    actor_id: str
+    message: Row  # as stored after an edit, before a deletion
+    emoji: str | None = None
+    add: bool = False
+
+
+class DmRelayHooks(Protocol):
+    """What federation adds to DMs that cross servers (vox.services.federated_dm_updates)."""
+
+    async def relay_change(self, change: DmChange) -> None: ...
+
+    async def check_attachments(self, channel_id: str, author_id: str) -> None: ...
+
+
 class MessageService:
     def __init__(self, messages: Messages, permissions: PermissionService, broker: Broker) -> None:
         self.messages = messages
@@ -97,6 +117,9 @@ class MessageService:
         self.broker = broker
         # Set when federation is on: passes each new DM message on to other servers' recipients.
         self.relay_dm: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        # Set when federation is on: edits, deletions, reactions and attachment rules of DMs
+        # with users of other servers.
+        self.dm_relay: DmRelayHooks | None = None
 
     async def _publish(self, channel_id: str, type_: str, d: dict[str, Any]) -> None:
         payload = envelope(encode_event(type_, d))
@@ -156,6 +179,8 @@ class MessageService:
         require(perms, Permission.SEND_MESSAGES)
         if attachments:
             require(perms, Permission.ATTACH_FILES)
+            if self.dm_relay is not None and channel["guild_id"] is None:
+                await self.dm_relay.check_attachments(channel_id, user_id)
         if channel["channel_type"] == "voice":
             raise ValidationError("voice channels have no messages", {"channel_id": "not a text channel"})
         text = self.check_content(content, encrypted=encrypted, allow_empty=bool(attachments))
@@ -207,6 +232,8 @@ class MessageService:
         require(perms, Permission.SEND_MESSAGES | Permission.ATTACH_FILES)
         if channel["channel_type"] == "voice":
             raise ValidationError("voice channels have no messages", {"channel_id": "not a text channel"})
+        if self.dm_relay is not None and channel["guild_id"] is None:
+            await self.dm_relay.check_attachments(channel_id, user_id)
 
     async def attachment(self, user_id: str, attachment_id: str) -> Row:
         """An attachment the user may read: same visibility as its message's channel."""
@@ -243,6 +270,8 @@ class MessageService:
             raise NotFound("message not found")
         message = (await self._render_many([updated], user_id))[0]
         await self._publish(row["channel_id"], "message_edit", message)
+        if self.dm_relay is not None and row["guild_id"] is None:
+            await self.dm_relay.relay_change(DmChange("edit", user_id, updated))
         return message
 
     async def delete(self, user_id: str, message_id: str) -> list[str]:
@@ -256,6 +285,8 @@ class MessageService:
             "message_delete",
             {"id": message_id, "channel_id": row["channel_id"], "guild_id": row["guild_id"]},
         )
+        if self.dm_relay is not None and row["guild_id"] is None:
+            await self.dm_relay.relay_change(DmChange("delete", user_id, row))
         return keys
 
     async def react(self, user_id: str, message_id: str, emoji: str, *, add: bool) -> None:
@@ -280,6 +311,8 @@ class MessageService:
                     "emoji": emoji,
                 },
             )
+            if self.dm_relay is not None and row["guild_id"] is None:
+                await self.dm_relay.relay_change(DmChange("reaction", user_id, row, emoji, add))
 
     async def _custom_emoji_exists(self, guild_id: str | None, name: str) -> bool:
         return guild_id is not None and await self.messages.guild_emoji_exists(guild_id, name)
