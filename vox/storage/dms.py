@@ -61,7 +61,8 @@ def by_username(user: Row) -> tuple[str, str]:
     return str(user["username"]).lower(), str(user["id"])
 
 
-def _one_to_one(c: Conn, a: str, b: str) -> str | None:
+def one_to_one(c: Conn, a: str, b: str) -> str | None:
+    """The 1:1 DM channel of two users, if they have one."""
     found = c.fetchval(
         "SELECT ra.channel_id FROM dm_recipients ra"
         " JOIN dm_recipients rb ON rb.channel_id = ra.channel_id AND rb.user_id = :b"
@@ -116,7 +117,7 @@ class Dms:
                 # Two "open a DM" calls for one pair, from either side and on any daemon, must end
                 # with one channel: hold the pair's lock from the lookup to the insert.
                 serialize(c, LockScope.DM_PAIR, ":".join(sorted((creator_id, others[0]))))
-                existing = _one_to_one(c, creator_id, others[0])
+                existing = one_to_one(c, creator_id, others[0])
                 if existing is not None:
                     return _channels(c, "c.id = :id", {"id": existing})[0], False
             channel_id = str(uuid.uuid4())

@@ -8,6 +8,7 @@ it: ours when ``remote_origin`` is NULL, otherwise (``remote_origin``, ``remote_
 from __future__ import annotations
 
 from vox.storage.base import Engine, Row
+from vox.storage.dms import one_to_one
 
 __all__ = ["FederatedUpdates"]
 
@@ -36,14 +37,4 @@ class FederatedUpdates:
 
     async def one_to_one(self, a: str, b: str) -> str | None:
         """The 1:1 DM of two users, if they have one."""
-        found = await self.engine.read(
-            lambda c: c.fetchval(
-                "SELECT ra.channel_id FROM dm_recipients ra"
-                " JOIN dm_recipients rb ON rb.channel_id = ra.channel_id AND rb.user_id = :b"
-                " WHERE ra.user_id = :a"
-                " AND (SELECT COUNT(*) FROM dm_recipients rc WHERE rc.channel_id = ra.channel_id) = 2"
-                " ORDER BY ra.channel_id LIMIT 1",
-                {"a": a, "b": b},
-            )
-        )
-        return None if found is None else str(found)
+        return await self.engine.read(lambda c: one_to_one(c, a, b))
