@@ -61,12 +61,17 @@ def vox_server(extra_env: dict[str, str] | None = None, *args: str) -> Iterator[
             parts = ready_urls(proc)
             yield Server(rest=parts["rest"], gateway=parts["gateway"], proc=proc, media=parts.get("media"))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)
+
+
+def terminate(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM (a graceful drain), then SIGKILL if the daemon is still there after 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -37,7 +37,15 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import BENCH_PASSWORD, LOOPBACK_LIMITS, cpu_seconds, ready_urls, spawn_vox, summary_ms
+from bench.common import (
+    BENCH_PASSWORD,
+    LOOPBACK_LIMITS,
+    cpu_seconds,
+    ready_urls,
+    spawn_vox,
+    summary_ms,
+    terminate,
+)
 from bench.gateway_fanout import RATE_LIMITS
 from vox import datadir
 from vox.protocol.federation import public_key_b64
@@ -82,19 +90,10 @@ def federated_pair(batch_max: int) -> Iterator[tuple[Daemon, Daemon]]:
                 "VOX_FEDERATION_BATCH_MAX": str(batch_max),
             }
             proc = spawn_vox(env, "--data-dir", str(dirs[me]), "--rest-port", str(ports[me]))
-            stack.callback(_terminate, proc)
+            stack.callback(terminate, proc)
             urls = ready_urls(proc)
             daemons[me] = Daemon(f"{me}.test", urls["rest"], urls["gateway"], proc)
         yield daemons["a"], daemons["b"]
-
-
-def _terminate(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 async def user(http: httpx.AsyncClient, name: str) -> tuple[str, dict[str, str]]:
