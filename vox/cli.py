@@ -1,5 +1,5 @@
 """``vox serve``, ``vox config example``, ``vox admin ...`` (vox.admin_cli) and ``vox backup`` /
-``vox restore`` (vox.backup_cli)."""
+``vox restore`` (vox.backup_cli), ``vox federation records`` (vox.federation_cli)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from vox import admin_cli, backup_cli, logs
+from vox import admin_cli, backup_cli, federation_cli, logs
 from vox import config as config_mod
 from vox.errors import ConfigError, VoxError
 
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub.add_parser("example", help="print a commented example vox.toml")
     admin_cli.add_parser(sub)
     backup_cli.add_parsers(sub)
+    federation_cli.add_parser(sub)
     return parser
 
 
@@ -106,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin_cli.run(args)
     if args.command in backup_cli.COMMANDS:
         return backup_cli.run(args)
+    if args.command in federation_cli.COMMANDS:
+        return federation_cli.run(args)
     overrides: dict[str, Any] = {
         key: getattr(args, key)
         for key in (
