@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -58,6 +59,17 @@ class Server:
         path.write_bytes(pem)
         os.chmod(path, 0o600)
         return cls(name, data_dir, key, free_port())
+
+    def sibling(self, tmp_path: Path) -> Server:
+        """A second daemon of the same community: its own data directory and port, the same key
+        (copied, as an operator copies data_dir/keys)."""
+        other = Server.make(tmp_path, self.name)
+        shutil.copy(
+            self.data_dir / "keys" / "federation_ed25519.pem",
+            other.data_dir / "keys" / "federation_ed25519.pem",
+        )
+        other.key = self.key
+        return other
 
     @property
     def public_key(self) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -180,11 +179,7 @@ async def test_daemons_sharing_a_database_deliver_each_row_once_in_order(
 ) -> None:
     a1, b = Server.make(tmp_path, "a.test"), Server.make(tmp_path, "b.test")
     # A second daemon of the same community: same key (copied keys), same database.
-    a2 = Server.make(tmp_path / "second", "a.test")
-    shutil.copy(
-        a1.data_dir / "keys" / "federation_ed25519.pem", a2.data_dir / "keys" / "federation_ed25519.pem"
-    )
-    a2.key = a1.key
+    a2 = a1.sibling(tmp_path / "second")
     shared = {
         "federation_peers": b.peer_entry(),
         "database_url": pg_url,
