@@ -118,6 +118,13 @@ async def post_inbox(
     return await http.post(INBOX, content=body, headers={**headers, "Content-Type": "application/json"})
 
 
+async def post_signed_inbox(
+    http: httpx.AsyncClient, key: Ed25519PrivateKey, origin: str, destination: str, body: bytes
+) -> httpx.Response:
+    """An inbox delivery signed with ``key`` as ``origin`` would sign it (a peer's own key)."""
+    return await post_inbox(http, Server(origin, Path(), key, 0), body, destination=destination)
+
+
 def envelope(outbox_id: int, kind: str = "ping", **payload: Any) -> bytes:
     return json.dumps({"id": outbox_id, "kind": kind, "payload": payload}).encode()
 

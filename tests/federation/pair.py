@@ -8,7 +8,6 @@ other server's URL and public key.
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,11 @@ import trio
 from tests.e2e.conftest import Daemon, start_daemon
 from tests.e2e.helpers import PASSWORD, bearer
 from tests.federation.dns_server import DnsServer
+from tests.federation.fed_helpers import free_port
 from vox import datadir
 from vox.protocol.federation import public_key_b64
 
 A, B = "a.test", "b.test"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def prepare_identity(root: Path) -> str:

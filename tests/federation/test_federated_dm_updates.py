@@ -5,7 +5,6 @@ loopback (docs/federation.md, "Edits, deletions and reactions", "Typing", "Attac
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,9 @@ from trio_websocket import WebSocketConnection
 
 from tests.e2e.helpers import gateway
 from tests.e2e.social_helpers import event
+from tests.federation.fed_helpers import envelope, post_signed_inbox
 from tests.federation.pair import A, Account, B, account, b_database, error_of, rows, start_pair, stop
 from vox import datadir
-from vox.protocol.federation import sign_request
 
 __all__ = ["b_database"]
 
@@ -152,20 +151,7 @@ async def test_a_peer_cannot_change_what_its_users_did_not_write(
             sent, at_b, reply, _ = await exchange(alice, bob, alice_ws, bob_ws)
 
             async def deliver(outbox_id: int, kind: str, payload: dict[str, Any]) -> httpx.Response:
-                body = json.dumps({"id": outbox_id, "kind": kind, "payload": payload}).encode()
-                path = "/api/v1/federation/inbox"
-                headers = sign_request(
-                    a_key,
-                    origin=A,
-                    destination=B,
-                    method="POST",
-                    path=path,
-                    body=body,
-                    now_ms=int(time.time() * 1000),
-                )
-                return await cb.post(
-                    path, content=body, headers={**headers, "Content-Type": "application/json"}
-                )
+                return await post_signed_inbox(cb, a_key, A, B, envelope(outbox_id, kind, **payload))
 
             forged = [
                 # Bob's own message, by b.test's id for it.

@@ -21,9 +21,9 @@ import vodozemac
 from tests.e2e.helpers import gateway
 from tests.e2e.social_helpers import event
 from tests.federation.dns_server import DnsServer
+from tests.federation.fed_helpers import post_signed_inbox
 from tests.federation.pair import A, Account, B, account, b_database, error_of, rows, start_pair, stop
 from vox import datadir
-from vox.protocol.federation import sign_request
 
 __all__ = ["b_database"]
 
@@ -195,18 +195,7 @@ async def test_relay_ids_and_sender_domain_come_from_the_receiver(
                     "message": {"id": message_id, "content": f"relay {outbox_id}", "encrypted": False},
                 },
             }
-            body = json.dumps(envelope).encode()
-            path = "/api/v1/federation/inbox"
-            headers = sign_request(
-                a_key,
-                origin=A,
-                destination=B,
-                method="POST",
-                path=path,
-                body=body,
-                now_ms=int(time.time() * 1000),
-            )
-            return await cb.post(path, content=body, headers={**headers, "Content-Type": "application/json"})
+            return await post_signed_inbox(cb, a_key, A, B, json.dumps(envelope).encode())
 
         async with gateway(b.daemon, bob.token) as (bob_ws, _):
             # The sender claims to be someone of c.test: the name is kept, the domain is the signer's.
