@@ -40,22 +40,22 @@ class GatewayServer:
         )
         ctx.connections.export_to(ctx.metrics.registry)
         self._ids = itertools.count(1)
-
-    def _reject_headers(self) -> list[tuple[bytes, bytes]]:
-        policy = HeaderPolicy.from_config(self.ctx.config, tls=self.ctx.tls is not None)
-        return with_security_headers([], policy)
+        # The security headers of the listener's HTTP refusals: fixed by the configuration. A
+        # tuple, copied per refusal, since trio-websocket appends Content-Length to the list given.
+        policy = HeaderPolicy.from_config(ctx.config, tls=ctx.tls is not None)
+        self.reject_headers = tuple(with_security_headers([], policy))
 
     async def handle(self, request: WebSocketRequest) -> None:
         path = request.path.split("?", 1)[0]
         if path != GATEWAY_PATH:
             await request.reject(
                 404,
-                extra_headers=self._reject_headers(),
+                extra_headers=list(self.reject_headers),
                 body=b'{"error":{"code":"not_found","message":"gateway is at /gateway"}}',
             )
             return
         if self.ctx.draining.is_set():
-            await request.reject(503, extra_headers=self._reject_headers())
+            await request.reject(503, extra_headers=list(self.reject_headers))
             return
         offers_v1, token = token_from_subprotocols(request.proposed_subprotocols)
         ws = await request.accept(subprotocol=SUBPROTOCOL if offers_v1 else None)
